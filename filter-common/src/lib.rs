@@ -1,0 +1,183 @@
+//! Types shared by the XDP program and the userspace loader.
+//!
+//! Everything here crosses into a BPF map, so every type is `#[repr(C)]`, made of fixed-size
+//! integers and byte arrays only, with no implicit padding; a `const` assertion pins each size.
+//! Addresses travel as byte arrays in network order so the fast path never swaps bytes.
+#![no_std]
+
+use core::mem::size_of;
+
+/// What a rule does with a matching packet. Stored as a `u8` in [`RuleEntry::action`].
+pub mod action {
+    /// Let the packet through (an exception carved out of a wider block).
+    pub const PASS: u8 = 0;
+    /// Drop silently.
+    pub const DROP: u8 = 1;
+    /// Send to a notice server (reserved: issue "redirect/reject").
+    pub const REDIRECT: u8 = 2;
+    /// Answer with TCP RST / ICMP unreachable (reserved: issue "redirect/reject").
+    pub const REJECT: u8 = 3;
+    /// Number of actions; per-action counters are indexed by the action value.
+    pub const COUNT: u32 = 4;
+}
+
+/// Indexes into the `EB_STATS` per-CPU array of [`Counter`]s.
+///
+/// `0..action::COUNT` are the per-action totals of packets that matched a rule; the rest count
+/// what never reached a rule.
+pub mod stat {
+    use super::action;
+    /// IP packets (v4 or v6) that matched no rule and passed.
+    pub const NO_MATCH: u32 = action::COUNT;
+    /// Frames that are not IPv4/IPv6 (ARP, LLDP, ...), passed.
+    pub const NON_IP: u32 = action::COUNT + 1;
+    /// Frames that claim to be IP but cannot be parsed; handled per [`Config::malformed_action`].
+    pub const MALFORMED: u32 = action::COUNT + 2;
+    /// Malformed frames that were dropped (a subset of `MALFORMED`).
+    pub const MALFORMED_DROPPED: u32 = action::COUNT + 3;
+    /// Length of the stats array.
+    pub const LEN: u32 = action::COUNT + 4;
+}
+
+/// The value stored for every prefix in the address tables.
+///
+/// `rule_id` indexes the per-rule counters and the rule metadata table. `flags` and `target`
+/// are there so later actions (a shadow flag, a redirect target or a reject mode) fit without
+/// changing the map format.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleEntry {
+    pub rule_id: u32,
+    pub action: u8,
+    pub flags: u8,
+    pub target: u16,
+}
+const _: () = assert!(size_of::<RuleEntry>() == 8);
+
+impl RuleEntry {
+    pub const fn new(rule_id: u32, action: u8) -> Self {
+        Self {
+            rule_id,
+            action,
+            flags: 0,
+            target: 0,
+        }
+    }
+}
+
+/// Packets and bytes; per-CPU in every map that holds it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Counter>() == 16);
+
+/// `Config::malformed_action` values.
+///
+/// Zero is `DROP` so that a freshly created (zeroed) config map fails closed.
+pub mod malformed {
+    pub const DROP: u8 = 0;
+    pub const PASS: u8 = 1;
+}
+
+/// Runtime configuration and the identity of the applied policy: entry 0 of `EB_CONFIG`.
+///
+/// The XDP program reads only `malformed_action`, and only on the malformed path. The rest is
+/// written by `apply` and read by `status`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub malformed_action: u8,
+    pub _pad: [u8; 7],
+    /// Incremented by every successful apply.
+    pub generation: u64,
+    /// Seconds since the Unix epoch of the last successful apply.
+    pub applied_unix: u64,
+    /// SHA-256 of the compiled policy (rules and prefixes in canonical order).
+    pub policy_hash: [u8; 32],
+}
+const _: () = assert!(size_of::<Config>() == 56);
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            malformed_action: malformed::DROP,
+            _pad: [0; 7],
+            generation: 0,
+            applied_unix: 0,
+            policy_hash: [0; 32],
+        }
+    }
+}
+
+/// Longest rule name stored in the kernel-side rule table.
+pub const RULE_NAME_LEN: usize = 64;
+
+/// Userspace-only metadata for a rule id (entry `rule_id` of `EB_RULES`), so that `stats`,
+/// `lookup` and the next `apply` can name what the address tables point at.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleMeta {
+    /// UTF-8, NUL-padded.
+    pub name: [u8; RULE_NAME_LEN],
+    /// 1 when the id is allocated.
+    pub in_use: u8,
+    pub action: u8,
+    /// [`direction`] value.
+    pub direction: u8,
+    pub _pad: [u8; 5],
+    /// Number of prefixes the rule contributes.
+    pub prefixes: u64,
+}
+const _: () = assert!(size_of::<RuleMeta>() == 80);
+
+impl Default for RuleMeta {
+    fn default() -> Self {
+        Self {
+            name: [0; RULE_NAME_LEN],
+            in_use: 0,
+            action: 0,
+            direction: 0,
+            _pad: [0; 5],
+            prefixes: 0,
+        }
+    }
+}
+
+/// Which address of the packet a rule matches.
+pub mod direction {
+    pub const DST: u8 = 0;
+    pub const SRC: u8 = 1;
+}
+
+/// Rule ids available (size of `EB_RULE_STATS` and `EB_RULES`).
+pub const MAX_RULES: u32 = 4096;
+/// Capacity of each IPv4 table (the LPM trie allocates per entry, so this is a ceiling only).
+pub const MAX_V4_PREFIXES: u32 = 4 * 1024 * 1024;
+/// Capacity of each IPv6 table.
+pub const MAX_V6_PREFIXES: u32 = 1024 * 1024;
+
+/// Map names, shared so the loader and the program cannot disagree.
+pub mod maps {
+    pub const DST_V4: &str = "EB_DST_V4";
+    pub const SRC_V4: &str = "EB_SRC_V4";
+    pub const DST_V6: &str = "EB_DST_V6";
+    pub const SRC_V6: &str = "EB_SRC_V6";
+    pub const RULE_STATS: &str = "EB_RULE_STATS";
+    pub const STATS: &str = "EB_STATS";
+    pub const CONFIG: &str = "EB_CONFIG";
+    /// Created by userspace; the program never reads it.
+    pub const RULES: &str = "EB_RULES";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is #[repr(C)], made only of integers and byte arrays, with no padding
+    // (the size assertions above prove it), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::RuleEntry {}
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::RuleMeta {}
+}

@@ -1,0 +1,252 @@
+//! Header parsing with a bounds-checked cursor: never a fixed offset.
+//!
+//! Ethernet, up to `MAX_VLAN_TAGS` 802.1Q/802.1ad tags in any order, then IPv4 (honouring IHL)
+//! or IPv6 (walking up to `MAX_EXT_HDRS` extension headers to reach the upper layer). Anything
+//! that claims to be IP but does not hold together is `Malformed`; the caller decides what that
+//! means (docs/policy.md `malformed`).
+
+use core::mem::size_of;
+
+use aya_ebpf::{helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
+
+pub enum ParseError {
+    /// Truncated, inconsistent or deeper than we are willing to walk.
+    Malformed,
+}
+
+/// The addresses a verdict depends on.
+pub enum Addrs {
+    NonIp,
+    V4 { src: [u8; 4], dst: [u8; 4] },
+    V6 { src: [u8; 16], dst: [u8; 16] },
+}
+
+const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];
+const ETH_P_8021AD: [u8; 2] = [0x88, 0xa8];
+
+/// VLAN tags we look through. A frame with more is malformed rather than passed unexamined.
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers we walk. A longer chain is malformed: a hostile sender must not be
+/// able to hide the upper layer behind a chain we give up on.
+const MAX_EXT_HDRS: usize = 8;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+#[repr(C)]
+struct EthHdr {
+    dst: [u8; 6],
+    src: [u8; 6],
+    proto: [u8; 2],
+}
+
+#[repr(C)]
+struct VlanHdr {
+    tci: [u8; 2],
+    proto: [u8; 2],
+}
+
+#[repr(C)]
+struct Ipv4Hdr {
+    version_ihl: u8,
+    tos: u8,
+    tot_len: [u8; 2],
+    id: [u8; 2],
+    frag_off: [u8; 2],
+    ttl: u8,
+    proto: u8,
+    check: [u8; 2],
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+#[repr(C)]
+struct Ipv6Hdr {
+    version_tc_flow: [u8; 4],
+    payload_len: [u8; 2],
+    next_hdr: u8,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+/// The two bytes every generic extension header (and AH) starts with.
+#[repr(C)]
+struct ExtHdr {
+    next_hdr: u8,
+    hdr_len: u8,
+}
+
+#[repr(C)]
+struct FragHdr {
+    next_hdr: u8,
+    reserved: u8,
+    frag_off: [u8; 2],
+    id: [u8; 4],
+}
+
+/// A read position in the linear part of the frame.
+struct Cursor<'a> {
+    ctx: &'a XdpContext,
+    off: usize,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline(always)]
+    fn new(ctx: &'a XdpContext) -> Self {
+        Self { ctx, off: 0 }
+    }
+
+    /// A pointer to a `T` at the cursor, after checking that all of it lies in the packet.
+    #[inline(always)]
+    fn peek<T>(&self) -> Result<*const T, ParseError> {
+        ptr_at(self.ctx, self.off)
+    }
+
+    /// `peek`, then move past the `T`.
+    #[inline(always)]
+    fn take<T>(&mut self) -> Result<*const T, ParseError> {
+        let p = self.peek::<T>()?;
+        self.off += size_of::<T>();
+        Ok(p)
+    }
+
+    /// Move `len` bytes on, which must all lie in the linear part of the packet.
+    #[inline(always)]
+    fn skip(&mut self, len: usize) -> Result<(), ParseError> {
+        if self.ctx.data() + self.off + len > self.ctx.data_end() {
+            return Err(ParseError::Malformed);
+        }
+        self.off += len;
+        Ok(())
+    }
+
+    /// Bytes of the whole frame (all fragments of a multi-buffer frame) from the cursor on.
+    #[inline(always)]
+    fn remaining_total(&self) -> usize {
+        // SAFETY: ctx.ctx is the xdp_md the kernel passed to this program.
+        let total = unsafe { bpf_xdp_get_buff_len(self.ctx.ctx) } as usize;
+        total.saturating_sub(self.off)
+    }
+}
+
+/// The single bounds-checked accessor: `offset..offset + size_of::<T>()` must lie within
+/// `data..data_end`, which is also what the verifier needs to see.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ParseError> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return Err(ParseError::Malformed);
+    }
+    Ok((start + offset) as *const T)
+}
+
+#[inline(always)]
+pub fn addresses(ctx: &XdpContext) -> Result<Addrs, ParseError> {
+    let mut c = Cursor::new(ctx);
+    let eth: *const EthHdr = c.take()?;
+    // SAFETY: `take` checked that the whole header lies in the packet.
+    let mut proto = unsafe { (*eth).proto };
+    for _ in 0..MAX_VLAN_TAGS {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            break;
+        }
+        let vlan: *const VlanHdr = c.take()?;
+        // SAFETY: checked by `take`.
+        proto = unsafe { (*vlan).proto };
+    }
+    match proto {
+        ETH_P_IP => ipv4(&mut c),
+        ETH_P_IPV6 => ipv6(&mut c),
+        ETH_P_8021Q | ETH_P_8021AD => Err(ParseError::Malformed),
+        _ => Ok(Addrs::NonIp),
+    }
+}
+
+#[inline(always)]
+fn ipv4(c: &mut Cursor<'_>) -> Result<Addrs, ParseError> {
+    let ip: *const Ipv4Hdr = c.peek()?;
+    // SAFETY: `peek` checked that the fixed 20-byte header lies in the packet.
+    let (version_ihl, tot_len, src, dst) =
+        unsafe { ((*ip).version_ihl, (*ip).tot_len, (*ip).src, (*ip).dst) };
+    if version_ihl >> 4 != 4 {
+        return Err(ParseError::Malformed);
+    }
+    let ihl = usize::from(version_ihl & 0x0f) * 4;
+    if ihl < size_of::<Ipv4Hdr>() {
+        return Err(ParseError::Malformed);
+    }
+    let tot_len = usize::from(u16::from_be_bytes(tot_len));
+    // The datagram must hold its own header and fit in the frame (trailing Ethernet padding
+    // is fine, a datagram cut short is not).
+    if tot_len < ihl || tot_len > c.remaining_total() {
+        return Err(ParseError::Malformed);
+    }
+    // Options included: the whole header must be present.
+    c.skip(ihl)?;
+    Ok(Addrs::V4 { src, dst })
+}
+
+#[inline(always)]
+fn ipv6(c: &mut Cursor<'_>) -> Result<Addrs, ParseError> {
+    let ip: *const Ipv6Hdr = c.take()?;
+    // SAFETY: `take` checked that the 40-byte header lies in the packet.
+    let (vtc, payload_len, mut next, src, dst) = unsafe {
+        (
+            (*ip).version_tc_flow[0],
+            (*ip).payload_len,
+            (*ip).next_hdr,
+            (*ip).src,
+            (*ip).dst,
+        )
+    };
+    if vtc >> 4 != 6 {
+        return Err(ParseError::Malformed);
+    }
+    let payload_len = usize::from(u16::from_be_bytes(payload_len));
+    // payload_len 0 is a jumbogram (RFC 2675): the length is in a hop-by-hop option.
+    if payload_len > c.remaining_total() {
+        return Err(ParseError::Malformed);
+    }
+    let addrs = Addrs::V6 { src, dst };
+    for _ in 0..MAX_EXT_HDRS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+                let h: *const ExtHdr = c.peek()?;
+                // SAFETY: checked by `peek`.
+                let (nh, hdr_len) = unsafe { ((*h).next_hdr, usize::from((*h).hdr_len)) };
+                let len = if next == IPPROTO_AH {
+                    (hdr_len + 2) * 4 // RFC 4302: in 32-bit words, minus 2
+                } else {
+                    (hdr_len + 1) * 8 // RFC 8200: in 8-octet units, not counting the first 8
+                };
+                c.skip(len)?;
+                next = nh;
+            }
+            IPPROTO_FRAGMENT => {
+                let f: *const FragHdr = c.take()?;
+                // SAFETY: checked by `take`.
+                let (nh, frag_off) = unsafe { ((*f).next_hdr, (*f).frag_off) };
+                // A non-first fragment carries no upper-layer header; its addresses are all
+                // we need, and they are in the fixed header.
+                if u16::from_be_bytes(frag_off) & 0xfff8 != 0 {
+                    return Ok(addrs);
+                }
+                next = nh;
+            }
+            _ => return Ok(addrs),
+        }
+    }
+    match next {
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+            Err(ParseError::Malformed)
+        }
+        _ => Ok(addrs),
+    }
+}

@@ -1,0 +1,44 @@
+use anyhow::Context as _;
+use edgeblock::loader::{AttachMode, Attached, Filter};
+
+use super::Global;
+
+/// Load (if needed) and attach the XDP program to an interface; the link is pinned, so the
+/// filter stays after this command exits.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Interface to filter.
+    iface: String,
+    /// Attach mode: auto tries native (driver) mode first, then generic.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    mode: AttachMode,
+}
+
+pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
+    let _lock = g.lock()?;
+    let pins = g.pins();
+    let mut filter = Filter::load_or_open(&pins)
+        .with_context(|| format!("loading edgeblock under {}", pins.root().display()))?;
+    match filter.attach(&args.iface, args.mode)? {
+        Attached::New(mode) => {
+            println!(
+                "attached to {} in {} mode (program id {})",
+                args.iface,
+                mode.as_str(),
+                filter.program_id()?
+            );
+        }
+        Attached::Already(mode) => {
+            println!(
+                "already attached to {} in {} mode; nothing changed",
+                args.iface,
+                mode.as_str()
+            );
+        }
+    }
+    let generation = filter.maps.config()?.generation;
+    if generation == 0 {
+        println!("note: no policy applied yet; everything passes until `edgeblock apply POLICY`");
+    }
+    Ok(())
+}

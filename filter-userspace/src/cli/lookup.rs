@@ -1,0 +1,67 @@
+use std::net::IpAddr;
+
+use edgeblock::{
+    compile::action_name,
+    loader::Filter,
+    maps::{LpmPrefix, Table, decode_name},
+};
+use filter_common::RuleEntry;
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use super::Global;
+
+/// Which rule and action the live maps give an address, as destination and as source, and
+/// what the program decides for a packet whose other address matches nothing.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// IPv4 or IPv6 address.
+    addr: IpAddr,
+}
+
+pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
+    let filter = Filter::open(&g.pins())?;
+    let m = &filter.maps;
+    let (dst, src) = match args.addr {
+        IpAddr::V4(a) => (
+            find::<Ipv4Net>(&m.dst_v4, a.octets())?,
+            find::<Ipv4Net>(&m.src_v4, a.octets())?,
+        ),
+        IpAddr::V6(a) => (
+            find::<Ipv6Net>(&m.dst_v6, a.octets())?,
+            find::<Ipv6Net>(&m.src_v6, a.octets())?,
+        ),
+    };
+    let metas = m.rule_metas()?;
+    let describe = |hit: &Option<(String, RuleEntry)>| match hit {
+        None => "no rule".to_owned(),
+        Some((prefix, e)) => format!(
+            "{} by rule {} ({prefix})",
+            action_name(e.action),
+            metas
+                .get(&e.rule_id)
+                .map_or_else(|| format!("#{}", e.rule_id), |m| decode_name(&m.name)),
+        ),
+    };
+    println!("{} as destination: {}", args.addr, describe(&dst));
+    println!("{} as source:      {}", args.addr, describe(&src));
+    Ok(())
+}
+
+/// The kernel's own longest-prefix answer, plus the prefix that gave it (found by a scan,
+/// since an LPM lookup returns only the value).
+fn find<P: LpmPrefix>(
+    table: &Table<P>,
+    addr: P::Bytes,
+) -> anyhow::Result<Option<(String, RuleEntry)>> {
+    let Some(entry) = table.lookup(addr)? else {
+        return Ok(None);
+    };
+    let prefix = table
+        .entries()?
+        .into_iter()
+        .filter(|(p, e)| p.contains_bytes(addr) && *e == entry)
+        .map(|(p, _)| p)
+        .max_by_key(LpmPrefix::bits)
+        .map_or_else(|| "?".to_owned(), |p| p.to_string());
+    Ok(Some((prefix, entry)))
+}

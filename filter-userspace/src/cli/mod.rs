@@ -1,0 +1,136 @@
+//! Command-line front end: one file per verb. Parse (clap), validate into plain values, and
+//! only then touch the kernel through the library.
+
+mod apply;
+mod attach;
+mod check;
+mod detach;
+mod lookup;
+mod stats;
+mod status;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use edgeblock::{
+    lock::{DEFAULT_STATE_DIR, Lock},
+    pins::{DEFAULT_PIN_ROOT, Pins},
+};
+
+/// edgeblock: drop traffic to (and from) blocked prefixes at the NIC driver, with XDP.
+///
+/// The program, its maps and links are pinned under --pin-root, so filtering continues after
+/// this command exits. Typical use: `edgeblock apply policy.toml` then `edgeblock attach eth0`.
+#[derive(Debug, Parser)]
+#[command(name = "edgeblock", version)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// bpffs directory holding the pinned program, maps and links.
+    #[arg(long, env = "EDGEBLOCK_PIN_ROOT", default_value = DEFAULT_PIN_ROOT, global = true)]
+    pin_root: PathBuf,
+    /// Directory for edgeblock's lock file.
+    #[arg(long, env = "EDGEBLOCK_STATE_DIR", default_value = DEFAULT_STATE_DIR, global = true)]
+    state_dir: PathBuf,
+    /// How long to wait for another edgeblock that is changing state (e.g. 10s, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
+    lock_timeout: Duration,
+}
+
+impl Global {
+    fn pins(&self) -> Pins {
+        Pins::new(&self.pin_root)
+    }
+
+    fn lock(&self) -> anyhow::Result<Lock> {
+        Lock::acquire(&self.state_dir, self.lock_timeout, |holder| {
+            eprintln!("waiting for another edgeblock ({holder}) to finish...");
+        })
+        .context("another edgeblock invocation is changing state")
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    Attach(attach::Args),
+    Detach(detach::Args),
+    Check(check::Args),
+    Apply(apply::Args),
+    Status(status::Args),
+    Stats(stats::Args),
+    Lookup(lookup::Args),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    match cli.cmd {
+        Cmd::Attach(a) => attach::run(g, a),
+        Cmd::Detach(a) => detach::run(g, a),
+        Cmd::Check(a) => check::run(a),
+        Cmd::Apply(a) => apply::run(g, a),
+        Cmd::Status(a) => status::run(g, a),
+        Cmd::Stats(a) => stats::run(g, a),
+        Cmd::Lookup(a) => lookup::run(g, a),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration such as 10s or 1m: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("{s:?} must not be negative"))
+}
+
+fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}
+
+/// Load, validate and compile a policy file, printing its notes (expired rules,
+/// deduplicated prefixes). Every validation error is reported, not just the first.
+fn load_policy(
+    path: &std::path::Path,
+) -> anyhow::Result<(edgeblock::policy::Policy, edgeblock::compile::Compiled)> {
+    let policy = edgeblock::policy::load(path, now()).map_err(|errors| {
+        anyhow::anyhow!(
+            "{errors}\n{}: {} error(s); nothing was changed",
+            path.display(),
+            errors.0.len()
+        )
+    })?;
+    for note in &policy.notes {
+        eprintln!("note: {note}");
+    }
+    let compiled = edgeblock::compile::compile(&policy);
+    Ok((policy, compiled))
+}
+
+/// Lockout problems of a compiled policy on this host.
+fn lockout_problems(
+    policy: &edgeblock::policy::Policy,
+    compiled: &edgeblock::compile::Compiled,
+) -> anyhow::Result<Vec<edgeblock::lockout::LockoutError>> {
+    let host = edgeblock::lockout::HostAddrs::discover()
+        .context("reading this host's addresses and gateways for the lockout check")?;
+    Ok(edgeblock::lockout::check(compiled, &host, &policy.protect))
+}
+
+fn summary(compiled: &edgeblock::compile::Compiled) -> String {
+    let t = &compiled.tables;
+    format!(
+        "{} rules, {} prefixes (dst v4 {}, src v4 {}, dst v6 {}, src v6 {}), hash {}",
+        compiled.rules.len(),
+        t.dst_v4.len() + t.src_v4.len() + t.dst_v6.len() + t.src_v6.len(),
+        t.dst_v4.len(),
+        t.src_v4.len(),
+        t.dst_v6.len(),
+        t.src_v6.len(),
+        edgeblock::compile::hash_hex(&compiled.hash),
+    )
+}

@@ -1,0 +1,154 @@
+use aya::programs::links::PinnedLink;
+use edgeblock::{compile::hash_hex, loader::Filter};
+use serde::Serialize;
+
+use super::Global;
+
+/// Interfaces, attach mode, program id, applied policy, entry counts and map memory.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Status {
+    pin_root: String,
+    program_id: u32,
+    interfaces: Vec<Iface>,
+    policy: Policy,
+    entries: Entries,
+    rules: usize,
+    map_memory_bytes: u64,
+    maps: Vec<MapMem>,
+}
+
+#[derive(Serialize)]
+struct Iface {
+    name: String,
+    mode: &'static str,
+    /// False when the pin exists but the kernel no longer runs the link (interface gone).
+    healthy: bool,
+}
+
+#[derive(Serialize)]
+struct Policy {
+    generation: u64,
+    hash: String,
+    applied: Option<String>,
+    malformed: &'static str,
+}
+
+#[derive(Serialize)]
+struct Entries {
+    dst_v4: usize,
+    src_v4: usize,
+    dst_v6: usize,
+    src_v6: usize,
+}
+
+#[derive(Serialize)]
+struct MapMem {
+    name: &'static str,
+    bytes: u64,
+}
+
+pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
+    let filter = Filter::open(&g.pins())?;
+    let program_id = filter.program_id()?;
+    let interfaces = filter
+        .links()?
+        .into_iter()
+        .map(|l| {
+            let healthy = PinnedLink::from_pin(&l.path)
+                .ok()
+                .and_then(|p| aya::programs::links::FdLink::from(p).info().ok())
+                .is_some_and(|info| info.program_id() == program_id)
+                && if_exists(&l.iface);
+            Iface {
+                name: l.iface,
+                mode: l.mode.as_str(),
+                healthy,
+            }
+        })
+        .collect();
+    let config = filter.maps.config()?;
+    let m = &filter.maps;
+    let maps: Vec<MapMem> = m
+        .memory()?
+        .into_iter()
+        .map(|(name, bytes)| MapMem { name, bytes })
+        .collect();
+    let status = Status {
+        pin_root: g.pin_root.display().to_string(),
+        program_id,
+        interfaces,
+        policy: Policy {
+            generation: config.generation,
+            hash: if config.generation == 0 {
+                "-".into()
+            } else {
+                hash_hex(&config.policy_hash)
+            },
+            applied: (config.generation > 0)
+                .then(|| jiff::Timestamp::from_second(config.applied_unix as i64).ok())
+                .flatten()
+                .map(|t| t.to_string()),
+            malformed: if config.malformed_action == filter_common::malformed::PASS {
+                "pass"
+            } else {
+                "drop"
+            },
+        },
+        entries: Entries {
+            dst_v4: m.dst_v4.len()?,
+            src_v4: m.src_v4.len()?,
+            dst_v6: m.dst_v6.len()?,
+            src_v6: m.src_v6.len()?,
+        },
+        rules: m.rule_metas()?.len(),
+        map_memory_bytes: maps.iter().map(|m| m.bytes).sum(),
+        maps,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!("pin root:   {}", status.pin_root);
+    println!("program:    id {}", status.program_id);
+    if status.interfaces.is_empty() {
+        println!("interfaces: none (not filtering)");
+    }
+    for i in &status.interfaces {
+        let health = if i.healthy {
+            ""
+        } else {
+            "  NOT RUNNING (interface gone or link broken)"
+        };
+        println!("interface:  {} ({} mode){health}", i.name, i.mode);
+    }
+    let p = &status.policy;
+    match &p.applied {
+        Some(at) => println!(
+            "policy:     generation {}, hash {}, applied {at}",
+            p.generation, p.hash
+        ),
+        None => println!("policy:     none applied"),
+    }
+    println!("malformed:  {}", p.malformed);
+    let e = &status.entries;
+    println!(
+        "entries:    dst v4 {}, src v4 {}, dst v6 {}, src v6 {} ({} rules)",
+        e.dst_v4, e.src_v4, e.dst_v6, e.src_v6, status.rules
+    );
+    println!("map memory: {} KiB", status.map_memory_bytes / 1024);
+    for m in &status.maps {
+        println!("  {:<14} {:>10} KiB", m.name, m.bytes / 1024);
+    }
+    Ok(())
+}
+
+fn if_exists(iface: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(iface).exists()
+}

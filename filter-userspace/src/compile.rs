@@ -1,0 +1,781 @@
+//! Policy -> the contents of the kernel maps, and the reference matcher over those contents.
+//!
+//! # API
+//!
+//! - [`compile`]`(&Policy) -> `[`Compiled`]: rule metadata ([`CompiledRule`], index = rule id),
+//!   the four address tables ([`Tables`], prefix -> rule id) and the policy [`Compiled::hash`].
+//! - [`Tables::lookup`]`(direction, addr) -> Option<(IpNet, usize)>`: longest-prefix match in one
+//!   direction's table, written to be obviously right rather than fast (one exact lookup per
+//!   prefix length, longest first); it is the core the reference matcher and the kernel tests
+//!   compare against. [`Tables::overlapping`] finds entries that contain or are contained in a
+//!   prefix.
+//! - [`Compiled::resolve`]`(direction, addr)` is one direction's answer, and
+//!   [`Compiled::verdict`]`(dst, src) -> `[`Verdict`] combines both with the precedence the XDP
+//!   program implements (see [`Compiled::verdict`] and `docs/policy.md`).
+//! - [`hash_hex`] renders a hash for `status` output.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use sha2::{Digest, Sha256};
+
+use crate::policy::{Direction, Location, Policy};
+
+/// A rule as the kernel's rule table and counters see it. Its index in [`Compiled::rules`] is
+/// its rule id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledRule {
+    pub name: String,
+    /// [`filter_common::action`] value.
+    pub action: u8,
+    /// [`filter_common::direction`] value.
+    pub direction: u8,
+    /// Prefixes this rule put in the tables.
+    pub prefixes: u64,
+    pub allow_local: bool,
+    pub location: Location,
+}
+
+impl CompiledRule {
+    /// True for any action other than pass: what lockout protection cares about.
+    pub fn blocks(&self) -> bool {
+        self.action != filter_common::action::PASS
+    }
+}
+
+/// The four address tables, prefix -> index into [`Compiled::rules`]. Sorted maps so that
+/// iteration (hashing, map loading, diffs) is in one canonical order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tables {
+    pub dst_v4: BTreeMap<Ipv4Net, usize>,
+    pub src_v4: BTreeMap<Ipv4Net, usize>,
+    pub dst_v6: BTreeMap<Ipv6Net, usize>,
+    pub src_v6: BTreeMap<Ipv6Net, usize>,
+}
+
+/// The v4/v6 differences the table operations need, so each operation is written once.
+trait Prefix: Ord + Copy + Into<IpNet> {
+    type Addr: Copy;
+    const MAX_LEN: u8;
+    /// The prefix of length `len` containing `addr`; `None` only if `len > MAX_LEN`.
+    fn covering(addr: Self::Addr, len: u8) -> Option<Self>;
+    /// The last address in the prefix.
+    fn last(self) -> Self::Addr;
+    fn network_addr(self) -> Self::Addr;
+    fn len(self) -> u8;
+    fn contains_prefix(self, other: Self) -> bool;
+    /// Feed the address octets and the length to a hash.
+    fn hash_into(self, h: &mut Sha256);
+}
+
+macro_rules! impl_prefix {
+    ($net:ty, $addr:ty, $max:expr) => {
+        impl Prefix for $net {
+            type Addr = $addr;
+            const MAX_LEN: u8 = $max;
+            fn covering(addr: $addr, len: u8) -> Option<Self> {
+                <$net>::new(addr, len).ok().map(|n| n.trunc())
+            }
+            fn last(self) -> $addr {
+                self.broadcast()
+            }
+            fn network_addr(self) -> $addr {
+                self.network()
+            }
+            fn len(self) -> u8 {
+                self.prefix_len()
+            }
+            fn contains_prefix(self, other: Self) -> bool {
+                self.contains(&other)
+            }
+            fn hash_into(self, h: &mut Sha256) {
+                h.update(self.addr().octets());
+                h.update([self.prefix_len()]);
+            }
+        }
+    };
+}
+impl_prefix!(Ipv4Net, Ipv4Addr, 32);
+impl_prefix!(Ipv6Net, Ipv6Addr, 128);
+
+fn longest_match<P: Prefix>(table: &BTreeMap<P, usize>, addr: P::Addr) -> Option<(IpNet, usize)> {
+    (0..=P::MAX_LEN)
+        .rev()
+        .filter_map(|len| P::covering(addr, len))
+        .find_map(|net| table.get(&net).map(|&rule| (net.into(), rule)))
+}
+
+fn hash_table<P: Prefix>(
+    h: &mut Sha256,
+    family: u8,
+    direction: Direction,
+    table: &BTreeMap<P, usize>,
+) {
+    h.update([family, direction.as_u8()]);
+    h.update((table.len() as u64).to_le_bytes());
+    for (&net, &rule) in table {
+        net.hash_into(h);
+        h.update((rule as u64).to_le_bytes());
+    }
+}
+
+fn overlapping_in<P: Prefix>(table: &BTreeMap<P, usize>, net: P) -> Vec<(IpNet, usize)> {
+    // Entries that contain `net` (including `net` itself): one exact lookup per shorter length.
+    let mut found: Vec<(IpNet, usize)> = (0..=net.len())
+        .filter_map(|len| P::covering(net.network_addr(), len))
+        .filter_map(|p| table.get(&p).map(|&rule| (p.into(), rule)))
+        .collect();
+    // Entries strictly inside `net`: keys order by (address, length), so they all sit between
+    // `net` and (last address of `net`)/MAX_LEN. The `contains` filter keeps the answer right
+    // whatever else that range holds.
+    if let Some(end) = P::covering(net.last(), P::MAX_LEN) {
+        found.extend(
+            table
+                .range(net..=end)
+                .filter(|&(p, _)| *p != net && net.contains_prefix(*p))
+                .map(|(&p, &rule)| (p.into(), rule)),
+        );
+    }
+    found
+}
+
+impl Tables {
+    /// Longest-prefix match for `addr` in `direction`'s table of its family: the matching
+    /// prefix and its rule index.
+    pub fn lookup(&self, direction: Direction, addr: IpAddr) -> Option<(IpNet, usize)> {
+        match (direction, addr) {
+            (Direction::Dst, IpAddr::V4(a)) => longest_match(&self.dst_v4, a),
+            (Direction::Src, IpAddr::V4(a)) => longest_match(&self.src_v4, a),
+            (Direction::Dst, IpAddr::V6(a)) => longest_match(&self.dst_v6, a),
+            (Direction::Src, IpAddr::V6(a)) => longest_match(&self.src_v6, a),
+        }
+    }
+
+    /// Every entry of `direction`'s table that contains `net` or is contained in it, shortest
+    /// containing prefix first, then the contained ones in table order.
+    pub fn overlapping(&self, direction: Direction, net: IpNet) -> Vec<(IpNet, usize)> {
+        match (direction, net) {
+            (Direction::Dst, IpNet::V4(n)) => overlapping_in(&self.dst_v4, n),
+            (Direction::Src, IpNet::V4(n)) => overlapping_in(&self.src_v4, n),
+            (Direction::Dst, IpNet::V6(n)) => overlapping_in(&self.dst_v6, n),
+            (Direction::Src, IpNet::V6(n)) => overlapping_in(&self.src_v6, n),
+        }
+    }
+
+    /// Add `net -> rule` unless `net` is already in `direction`'s table. Returns whether it was
+    /// added. The first rule keeps a contested prefix; validation makes that case an error, so
+    /// this only decides what a hand-built policy gets.
+    pub fn insert(&mut self, direction: Direction, net: IpNet, rule: usize) -> bool {
+        fn put<P: Ord>(table: &mut BTreeMap<P, usize>, key: P, rule: usize) -> bool {
+            match table.entry(key) {
+                std::collections::btree_map::Entry::Occupied(_) => false,
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(rule);
+                    true
+                }
+            }
+        }
+        let net = net.trunc();
+        match (direction, net) {
+            (Direction::Dst, IpNet::V4(n)) => put(&mut self.dst_v4, n, rule),
+            (Direction::Src, IpNet::V4(n)) => put(&mut self.src_v4, n, rule),
+            (Direction::Dst, IpNet::V6(n)) => put(&mut self.dst_v6, n, rule),
+            (Direction::Src, IpNet::V6(n)) => put(&mut self.src_v6, n, rule),
+        }
+    }
+
+    /// Every entry of `direction`'s tables, IPv4 first, each in sorted order.
+    pub fn iter(&self, direction: Direction) -> impl Iterator<Item = (IpNet, usize)> + '_ {
+        let (v4, v6) = match direction {
+            Direction::Dst => (&self.dst_v4, &self.dst_v6),
+            Direction::Src => (&self.src_v4, &self.src_v6),
+        };
+        v4.iter()
+            .map(|(&n, &r)| (IpNet::V4(n), r))
+            .chain(v6.iter().map(|(&n, &r)| (IpNet::V6(n), r)))
+    }
+
+    /// Entries in all four tables.
+    pub fn len(&self) -> usize {
+        self.dst_v4.len() + self.src_v4.len() + self.dst_v6.len() + self.src_v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Everything `apply` writes to the kernel, computed without touching it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compiled {
+    /// [`filter_common::malformed`] value.
+    pub malformed: u8,
+    pub rules: Vec<CompiledRule>,
+    pub tables: Tables,
+    /// See [`Compiled::hash`].
+    pub hash: [u8; 32],
+}
+
+/// The outcome for one packet, as the XDP program would decide it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// [`filter_common::action`] value; `PASS` when nothing matched.
+    pub action: u8,
+    /// The deciding rule's index; `None` means no match (counted as `stat::NO_MATCH`).
+    pub rule: Option<usize>,
+    /// Which of the packet's addresses the deciding rule matched.
+    pub direction: Option<Direction>,
+    /// The table entry that matched.
+    pub prefix: Option<IpNet>,
+}
+
+impl Verdict {
+    /// Nothing matched: the packet passes and counts as no-match.
+    pub const NO_MATCH: Self = Self {
+        action: filter_common::action::PASS,
+        rule: None,
+        direction: None,
+        prefix: None,
+    };
+}
+
+impl Compiled {
+    /// One direction's answer: the longest-prefix match for `addr` in that direction's table.
+    /// [`Verdict::NO_MATCH`] if nothing matches.
+    pub fn resolve(&self, direction: Direction, addr: IpAddr) -> Verdict {
+        let Some((prefix, rule)) = self.tables.lookup(direction, addr) else {
+            return Verdict::NO_MATCH;
+        };
+        Verdict {
+            // A table value always indexes `rules` in a `Compiled` built by `compile`; a
+            // hand-built one that breaks that gets a pass rather than a panic.
+            action: self
+                .rules
+                .get(rule)
+                .map_or(filter_common::action::PASS, |r| r.action),
+            rule: Some(rule),
+            direction: Some(direction),
+            prefix: Some(prefix),
+        }
+    }
+
+    /// What happens to a packet from `src` to `dst`.
+    ///
+    /// Each direction resolves its own longest-prefix match first, so a `pass` /32 inside a
+    /// `drop` /16 of the same direction is an exception that works. Then, in order: a
+    /// destination block, a source block, a destination pass, a source pass, no match. A block
+    /// from either direction wins (destination first); a pass exception only overrides blocks
+    /// in its own direction.
+    pub fn verdict(&self, dst: IpAddr, src: IpAddr) -> Verdict {
+        let by_dst = self.resolve(Direction::Dst, dst);
+        let by_src = self.resolve(Direction::Src, src);
+        let blocks = |v: &Verdict| v.rule.is_some() && v.action != filter_common::action::PASS;
+        [by_dst, by_src]
+            .into_iter()
+            .find(blocks)
+            .or_else(|| [by_dst, by_src].into_iter().find(|v| v.rule.is_some()))
+            .unwrap_or(Verdict::NO_MATCH)
+    }
+
+    /// SHA-256 over a canonical serialisation of what the kernel will hold: the malformed
+    /// setting, each rule in id order (name, action, direction), then every table entry in
+    /// sorted order (dst v4, src v4, dst v6, src v6). Comments, expiry dates, `allow_local`,
+    /// `protect`, file names and line numbers are left out on purpose: they do not change what
+    /// the filter does, so `status` can compare a file's hash with the loaded one and say
+    /// "in sync" even after a comment was edited. Every field is length-prefixed or fixed-size
+    /// so no two different policies serialise alike.
+    pub fn hash(malformed: u8, rules: &[CompiledRule], tables: &Tables) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"edgeblock-policy-v1\0");
+        h.update([malformed]);
+        h.update((rules.len() as u64).to_le_bytes());
+        for rule in rules {
+            h.update((rule.name.len() as u64).to_le_bytes());
+            h.update(rule.name.as_bytes());
+            h.update([rule.action, rule.direction]);
+        }
+        hash_table(&mut h, 4, Direction::Dst, &tables.dst_v4);
+        hash_table(&mut h, 4, Direction::Src, &tables.src_v4);
+        hash_table(&mut h, 6, Direction::Dst, &tables.dst_v6);
+        hash_table(&mut h, 6, Direction::Src, &tables.src_v6);
+        h.finalize().into()
+    }
+}
+
+/// Turn a validated policy into map contents. Rule ids are the rules' positions in the policy.
+pub fn compile(policy: &Policy) -> Compiled {
+    let mut tables = Tables::default();
+    let rules: Vec<CompiledRule> = policy
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(index, rule)| {
+            let added = rule
+                .prefixes
+                .iter()
+                .filter(|entry| tables.insert(rule.direction, entry.net, index))
+                .count();
+            CompiledRule {
+                name: rule.name.clone(),
+                action: rule.action.as_u8(),
+                direction: rule.direction.as_u8(),
+                prefixes: added as u64,
+                allow_local: rule.allow_local,
+                location: rule.location.clone(),
+            }
+        })
+        .collect();
+    let malformed = policy.malformed.as_u8();
+    let hash = Compiled::hash(malformed, &rules, &tables);
+    Compiled {
+        malformed,
+        rules,
+        tables,
+        hash,
+    }
+}
+
+/// Lowercase hex, for `status` and logs.
+pub fn hash_hex(hash: &[u8; 32]) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The policy-file spelling of a [`filter_common::action`] value, for messages.
+pub fn action_name(action: u8) -> &'static str {
+    match action {
+        filter_common::action::PASS => "pass",
+        filter_common::action::DROP => "drop",
+        filter_common::action::REDIRECT => "redirect",
+        filter_common::action::REJECT => "reject",
+        _ => "unknown action",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use filter_common::action::{DROP, PASS};
+
+    use super::*;
+    use crate::policy::parse;
+
+    fn now() -> jiff::Timestamp {
+        "2026-06-01T00:00:00Z"
+            .parse()
+            .unwrap_or_else(|e| panic!("test timestamp: {e}"))
+    }
+
+    fn policy(text: &str) -> Policy {
+        parse(text, Path::new("policy.toml"), now(), |p| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no include {} in this test", p.display()),
+            ))
+        })
+        .unwrap_or_else(|e| panic!("policy should parse:\n{e}\n--- policy:\n{text}"))
+    }
+
+    fn compiled(text: &str) -> Compiled {
+        compile(&policy(text))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse()
+            .unwrap_or_else(|e| panic!("test address {s}: {e}"))
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap_or_else(|e| panic!("test prefix {s}: {e}"))
+    }
+
+    /// A dst and a src rule of each action, so every verdict combination can be built from
+    /// addresses alone. Rule indexes: 0 dst-drop, 1 dst-pass, 2 src-drop, 3 src-pass.
+    const MIXED: &str = r#"
+[[rule]]
+name = "dst-drop"
+action = "drop"
+prefixes = ["203.0.113.0/24", "2001:db8:1::/64"]
+
+[[rule]]
+name = "dst-pass"
+action = "pass"
+prefixes = ["203.0.113.5", "2001:db8:1::5", "198.51.100.0/24"]
+
+[[rule]]
+name = "src-drop"
+direction = "src"
+action = "drop"
+prefixes = ["192.0.2.0/24", "2001:db8:bad::/48"]
+
+[[rule]]
+name = "src-pass"
+direction = "src"
+action = "pass"
+prefixes = ["192.0.2.9", "233.252.0.0/24"]
+"#;
+
+    fn verdict<'c>(
+        c: &'c Compiled,
+        dst: &str,
+        src: &str,
+    ) -> (u8, Option<&'c str>, Option<Direction>) {
+        let v = c.verdict(ip(dst), ip(src));
+        (
+            v.action,
+            v.rule.map(|i| c.rules[i].name.as_str()),
+            v.direction,
+        )
+    }
+
+    #[test]
+    fn tables_hold_each_prefix_with_its_rule_index() {
+        let c = compiled(MIXED);
+        let names: Vec<&str> = c.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["dst-drop", "dst-pass", "src-drop", "src-pass"]);
+        let v4 = |t: &BTreeMap<Ipv4Net, usize>| -> Vec<(String, usize)> {
+            t.iter().map(|(n, &r)| (n.to_string(), r)).collect()
+        };
+        let v6 = |t: &BTreeMap<Ipv6Net, usize>| -> Vec<(String, usize)> {
+            t.iter().map(|(n, &r)| (n.to_string(), r)).collect()
+        };
+        let s = |a: &str, r: usize| (a.to_string(), r);
+        assert_eq!(
+            v4(&c.tables.dst_v4),
+            [
+                s("198.51.100.0/24", 1),
+                s("203.0.113.0/24", 0),
+                s("203.0.113.5/32", 1)
+            ]
+        );
+        assert_eq!(
+            v6(&c.tables.dst_v6),
+            [s("2001:db8:1::/64", 0), s("2001:db8:1::5/128", 1)]
+        );
+        assert_eq!(
+            v4(&c.tables.src_v4),
+            [
+                s("192.0.2.0/24", 2),
+                s("192.0.2.9/32", 3),
+                s("233.252.0.0/24", 3)
+            ]
+        );
+        assert_eq!(v6(&c.tables.src_v6), [s("2001:db8:bad::/48", 2)]);
+        assert_eq!(c.tables.len(), 9);
+        assert!(!c.tables.is_empty());
+
+        let r = &c.rules[2];
+        assert_eq!(r.action, DROP);
+        assert_eq!(r.direction, filter_common::direction::SRC);
+        assert_eq!(r.prefixes, 2);
+        assert_eq!(r.location.to_string(), "policy.toml:13");
+        assert_eq!(c.rules[1].prefixes, 3);
+        assert_eq!(c.malformed, filter_common::malformed::DROP);
+    }
+
+    #[test]
+    fn empty_policy_compiles_to_empty_tables() {
+        let c = compiled("malformed = \"pass\"\n");
+        assert!(c.tables.is_empty());
+        assert!(c.rules.is_empty());
+        assert_eq!(c.malformed, filter_common::malformed::PASS);
+        assert_eq!(
+            c.verdict(ip("192.0.2.1"), ip("192.0.2.2")),
+            Verdict::NO_MATCH
+        );
+    }
+
+    #[test]
+    fn hash_is_stable() {
+        let a = compiled(MIXED);
+        // Comments, expiry, allow_local and layout do not change what the kernel holds.
+        let decorated = MIXED
+            .replace(
+                "name = \"dst-drop\"",
+                "name = \"dst-drop\"\ncomment = \"x\"\nallow_local = true\nexpires = \"2099-01-01T00:00:00Z\"",
+            )
+            .replace("\n\n", "\n\n# moved\n\n");
+        let b = compiled(&decorated);
+        assert_eq!(a.hash, b.hash);
+        assert_eq!(hash_hex(&a.hash), hash_hex(&compiled(MIXED).hash));
+        let hex = hash_hex(&a.hash);
+        assert_eq!(hex.len(), 64);
+        assert!(
+            hex.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            "{hex}"
+        );
+        // Prefix order within a rule does not matter either: the tables are sorted.
+        let reordered = MIXED.replace(
+            "[\"203.0.113.0/24\", \"2001:db8:1::/64\"]",
+            "[\"2001:db8:1::/64\", \"203.0.113.0/24\"]",
+        );
+        assert_eq!(a.hash, compiled(&reordered).hash);
+    }
+
+    #[test]
+    fn hash_changes_with_any_kernel_visible_change() {
+        let base = compiled(MIXED).hash;
+        let variants = [
+            format!("malformed = \"pass\"\n{MIXED}"),
+            MIXED.replace("name = \"dst-drop\"", "name = \"dst-drop2\""),
+            MIXED.replace(
+                "name = \"dst-pass\"\naction = \"pass\"",
+                "name = \"dst-pass\"\naction = \"drop\"",
+            ),
+            MIXED.replace("\"233.252.0.0/24\"", "\"233.252.0.0/25\""),
+            MIXED.replace(
+                "\"233.252.0.0/24\"",
+                "\"233.252.0.0/24\", \"198.18.0.0/15\"",
+            ),
+            MIXED.replace(", \"233.252.0.0/24\"", ""),
+            // Same prefixes, other direction.
+            MIXED.replace(
+                "name = \"src-pass\"\ndirection = \"src\"",
+                "name = \"src-pass\"",
+            ),
+        ];
+        for (i, text) in variants.iter().enumerate() {
+            assert_ne!(
+                compiled(text).hash,
+                base,
+                "variant {i} should change the hash:\n{text}"
+            );
+        }
+        // Swapping two rules changes their ids, so it changes the hash.
+        let swapped = r#"
+[[rule]]
+name = "b"
+action = "drop"
+prefixes = ["198.51.100.0/24"]
+[[rule]]
+name = "a"
+action = "drop"
+prefixes = ["203.0.113.0/24"]
+"#;
+        let original = r#"
+[[rule]]
+name = "a"
+action = "drop"
+prefixes = ["203.0.113.0/24"]
+[[rule]]
+name = "b"
+action = "drop"
+prefixes = ["198.51.100.0/24"]
+"#;
+        assert_ne!(compiled(swapped).hash, compiled(original).hash);
+    }
+
+    #[test]
+    fn longest_prefix_wins_v4() {
+        let c = compiled(MIXED);
+        let t = &c.tables;
+        assert_eq!(
+            t.lookup(Direction::Dst, ip("203.0.113.5")),
+            Some((net("203.0.113.5/32"), 1))
+        );
+        assert_eq!(
+            t.lookup(Direction::Dst, ip("203.0.113.4")),
+            Some((net("203.0.113.0/24"), 0))
+        );
+        assert_eq!(
+            t.lookup(Direction::Dst, ip("203.0.113.255")),
+            Some((net("203.0.113.0/24"), 0))
+        );
+        assert_eq!(t.lookup(Direction::Dst, ip("203.0.114.0")), None);
+        // Tables are per direction.
+        assert_eq!(t.lookup(Direction::Src, ip("203.0.113.4")), None);
+        assert_eq!(
+            t.lookup(Direction::Src, ip("192.0.2.9")),
+            Some((net("192.0.2.9/32"), 3))
+        );
+    }
+
+    #[test]
+    fn longest_prefix_wins_v6() {
+        let c = compiled(MIXED);
+        let t = &c.tables;
+        assert_eq!(
+            t.lookup(Direction::Dst, ip("2001:db8:1::5")),
+            Some((net("2001:db8:1::5/128"), 1))
+        );
+        assert_eq!(
+            t.lookup(Direction::Dst, ip("2001:db8:1::6")),
+            Some((net("2001:db8:1::/64"), 0))
+        );
+        assert_eq!(
+            t.lookup(Direction::Dst, ip("2001:db8:1:0:ffff:ffff:ffff:ffff")),
+            Some((net("2001:db8:1::/64"), 0))
+        );
+        assert_eq!(t.lookup(Direction::Dst, ip("2001:db8:1:1::")), None);
+        // An IPv4 address never matches the IPv6 tables, even as ::ffff:a.b.c.d.
+        assert_eq!(t.lookup(Direction::Dst, ip("::ffff:203.0.113.4")), None);
+    }
+
+    #[test]
+    fn default_routes_and_host_routes_are_matched() {
+        let c = compiled(
+            "[[rule]]\nname = \"all\"\naction = \"drop\"\nprefixes = [\"0.0.0.0/0\", \"::/0\"]\n\
+             [[rule]]\nname = \"one\"\naction = \"pass\"\nprefixes = [\"255.255.255.255\", \"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff\"]\n",
+        );
+        let t = &c.tables;
+        assert_eq!(
+            t.lookup(Direction::Dst, ip("0.0.0.0")),
+            Some((net("0.0.0.0/0"), 0))
+        );
+        assert_eq!(
+            t.lookup(Direction::Dst, ip("255.255.255.255")),
+            Some((net("255.255.255.255/32"), 1))
+        );
+        assert_eq!(t.lookup(Direction::Dst, ip("::")), Some((net("::/0"), 0)));
+        assert_eq!(
+            t.lookup(
+                Direction::Dst,
+                ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+            ),
+            Some((net("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"), 1))
+        );
+    }
+
+    #[test]
+    fn verdict_precedence() {
+        let c = compiled(MIXED);
+        let (dst_drop, dst_pass, src_drop, src_pass) = (
+            Some("dst-drop"),
+            Some("dst-pass"),
+            Some("src-drop"),
+            Some("src-pass"),
+        );
+        let (dst, src) = (Some(Direction::Dst), Some(Direction::Src));
+        // (dst address, src address, expected)
+        let cases = [
+            // Nothing matches either way.
+            ("198.18.0.1", "198.18.0.2", (PASS, None, None)),
+            // dst drop, src none / src pass / src drop: the dst block decides.
+            ("203.0.113.4", "198.18.0.2", (DROP, dst_drop, dst)),
+            ("203.0.113.4", "233.252.0.1", (DROP, dst_drop, dst)),
+            ("203.0.113.4", "192.0.2.1", (DROP, dst_drop, dst)),
+            // dst pass exception inside the dst drop, src none: the exception decides.
+            ("203.0.113.5", "198.18.0.2", (PASS, dst_pass, dst)),
+            // dst pass + src drop: a pass only overrides its own direction.
+            ("203.0.113.5", "192.0.2.1", (DROP, src_drop, src)),
+            ("198.51.100.1", "192.0.2.1", (DROP, src_drop, src)),
+            // dst none + src drop.
+            ("198.18.0.1", "192.0.2.1", (DROP, src_drop, src)),
+            // dst none + src pass exception inside the src drop.
+            ("198.18.0.1", "192.0.2.9", (PASS, src_pass, src)),
+            // dst pass + src pass: the dst pass is credited.
+            ("198.51.100.1", "233.252.0.1", (PASS, dst_pass, dst)),
+            ("203.0.113.5", "192.0.2.9", (PASS, dst_pass, dst)),
+            // dst none + src pass.
+            ("198.18.0.1", "233.252.0.1", (PASS, src_pass, src)),
+            // IPv6.
+            ("2001:db8:1::6", "2001:db8:c::2", (DROP, dst_drop, dst)),
+            ("2001:db8:1::5", "2001:db8:c::2", (PASS, dst_pass, dst)),
+            ("2001:db8:1::5", "2001:db8:bad::1", (DROP, src_drop, src)),
+            ("2001:db8:2::1", "2001:db8:c::2", (PASS, None, None)),
+        ];
+        for (d, s, expected) in cases {
+            assert_eq!(verdict(&c, d, s), expected, "dst {d}, src {s}");
+        }
+    }
+
+    #[test]
+    fn verdict_reports_the_matched_prefix() {
+        let c = compiled(MIXED);
+        let v = c.verdict(ip("203.0.113.77"), ip("198.18.0.1"));
+        assert_eq!(v.prefix, Some(net("203.0.113.0/24")));
+        assert_eq!(v.rule, Some(0));
+    }
+
+    #[test]
+    fn overlapping_finds_containing_and_contained_entries() {
+        let c = compiled(
+            "[[rule]]\nname = \"a\"\naction = \"drop\"\nprefixes = [\"198.51.0.0/16\", \"198.51.100.128/25\", \"198.51.100.7\", \"198.51.101.0/24\", \"2001:db8::/32\", \"2001:db8:1::/48\"]\n",
+        );
+        let found = |p: &str| -> Vec<String> {
+            c.tables
+                .overlapping(Direction::Dst, net(p))
+                .into_iter()
+                .map(|(n, _)| n.to_string())
+                .collect()
+        };
+        assert_eq!(
+            found("198.51.100.0/24"),
+            ["198.51.0.0/16", "198.51.100.7/32", "198.51.100.128/25"]
+        );
+        assert_eq!(
+            found("198.51.100.128/25"),
+            ["198.51.0.0/16", "198.51.100.128/25"]
+        );
+        assert_eq!(found("198.52.0.0/16"), Vec::<String>::new());
+        assert_eq!(
+            found("2001:db8:1::/64"),
+            ["2001:db8::/32", "2001:db8:1::/48"]
+        );
+        assert_eq!(found("2001:db8::/31"), ["2001:db8::/32", "2001:db8:1::/48"]);
+        assert!(
+            c.tables
+                .overlapping(Direction::Src, net("0.0.0.0/0"))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn insert_keeps_the_first_rule() {
+        let mut t = Tables::default();
+        assert!(t.insert(Direction::Dst, net("192.0.2.0/24"), 0));
+        assert!(!t.insert(Direction::Dst, net("192.0.2.0/24"), 1));
+        assert!(t.insert(Direction::Src, net("192.0.2.0/24"), 1));
+        assert_eq!(
+            t.lookup(Direction::Dst, ip("192.0.2.1")),
+            Some((net("192.0.2.0/24"), 0))
+        );
+        let all: Vec<(IpNet, usize)> = t.iter(Direction::Src).collect();
+        assert_eq!(all, [(net("192.0.2.0/24"), 1)]);
+    }
+
+    #[test]
+    fn action_names() {
+        assert_eq!(action_name(PASS), "pass");
+        assert_eq!(action_name(DROP), "drop");
+        assert_eq!(action_name(filter_common::action::REDIRECT), "redirect");
+        assert_eq!(action_name(filter_common::action::REJECT), "reject");
+        assert_eq!(action_name(200), "unknown action");
+    }
+
+    /// The demo's expectations of examples/policy.toml.
+    #[test]
+    fn example_policy_verdicts() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.toml");
+        let p = crate::policy::load(&path, now())
+            .unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+        let c = compile(&p);
+        let client4 = "192.0.2.2";
+        let client6 = "2001:db8:c::2";
+        let cases = [
+            ("203.0.113.1", client4, DROP, Some("emergency-origin")),
+            ("203.0.113.5", client4, PASS, Some("origin-exceptions")),
+            ("2001:db8:1::1", client6, DROP, Some("emergency-origin")),
+            ("2001:db8:1::5", client6, PASS, Some("origin-exceptions")),
+            ("198.51.100.65", client4, DROP, Some("hijacked-ranges")),
+            ("198.51.100.70", client4, DROP, Some("hijacked-ranges")),
+            ("198.51.100.127", client4, DROP, Some("hijacked-ranges")),
+            ("233.252.0.200", client4, DROP, Some("hijacked-ranges")),
+            ("198.51.100.10", client4, PASS, None),
+            (
+                "198.51.100.10",
+                "198.51.100.200",
+                DROP,
+                Some("abusive-source"),
+            ),
+            (client4, "198.51.100.200", DROP, Some("abusive-source")),
+            (client4, "198.51.100.10", PASS, None),
+        ];
+        for (dst, src, action, rule) in cases {
+            let (a, r, _) = verdict(&c, dst, src);
+            assert_eq!((a, r), (action, rule), "dst {dst}, src {src}");
+        }
+    }
+}

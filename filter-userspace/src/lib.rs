@@ -1,0 +1,12 @@
+//! edgeblock's userspace library: policy parsing and validation (`policy`), compilation to map
+//! contents (`compile`), lockout protection (`lockout`), the pinned program and maps (`pins`,
+//! `loader`, `maps`), applying a policy without a gap (`apply`) and the invocation lock (`lock`).
+
+pub mod apply;
+pub mod compile;
+pub mod loader;
+pub mod lock;
+pub mod lockout;
+pub mod maps;
+pub mod pins;
+pub mod policy;

@@ -1,0 +1,325 @@
+//! The one owner of the loaded XDP program, its links and its maps.
+//!
+//! Everything is pinned under a `Pins` root, so filtering goes on after the CLI exits and every
+//! later invocation (or the daemon) finds the same program and maps. One policy per host: every
+//! attached interface runs the same program with the same maps.
+
+use std::{fs, io};
+
+use aya::{
+    EbpfLoader,
+    maps::{Array, MapData, MapError},
+    programs::{
+        ProgramError, Xdp,
+        links::{FdLink, PinnedLink},
+        xdp::XdpMode,
+    },
+};
+use aya_obj::programs::XdpAttachType;
+use filter_common::{MAX_RULES, RuleMeta, maps as names};
+use thiserror::Error;
+
+use crate::{
+    maps::{Maps, MapsError},
+    pins::{LinkMode, LinkPin, Pins, PinsError},
+};
+
+/// The XDP object built by build.rs from filter-ebpf.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edgeblock-xdp"));
+
+/// The program's function name in filter-ebpf.
+pub const PROGRAM_NAME: &str = "edgeblock";
+
+/// Maps the program declares (the loader pins them); `EB_RULES` is created by userspace.
+const PROGRAM_MAPS: [&str; 7] = [
+    names::DST_V4,
+    names::SRC_V4,
+    names::DST_V6,
+    names::SRC_V6,
+    names::RULE_STATS,
+    names::STATS,
+    names::CONFIG,
+];
+
+#[derive(Debug, Error)]
+pub enum LoaderError {
+    #[error(transparent)]
+    Pins(#[from] PinsError),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error(
+        "edgeblock is not loaded at {root}: run `edgeblock attach IFACE` or `edgeblock apply POLICY` first"
+    )]
+    NotLoaded { root: String },
+    #[error("loading the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the XDP object has no program named {PROGRAM_NAME}")]
+    NoProgram,
+    #[error("{what}: {source}")]
+    Program { what: String, source: ProgramError },
+    #[error("creating map {name}: {source}")]
+    CreateMap {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: String,
+        source: aya::pin::PinError,
+    },
+    #[error("interface {iface} does not exist")]
+    NoSuchInterface { iface: String },
+    #[error(
+        "cannot attach to {iface}: {source}; if another XDP program is attached there (see `ip link show {iface}`), edgeblock will not replace it"
+    )]
+    Attach { iface: String, source: ProgramError },
+    #[error(
+        "{iface} was attached through netlink, not a bpf_link (kernel older than 5.9?); edgeblock needs bpf_link to keep the program attached after it exits"
+    )]
+    NotALink { iface: String },
+    #[error("edgeblock is not attached to {iface}")]
+    NotAttached { iface: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+/// How to attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic when the driver has no XDP support.
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode: works everywhere, after the kernel has built an skb.
+    Generic,
+}
+
+/// What `attach` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attached {
+    New(LinkMode),
+    /// Already attached earlier; nothing changed.
+    Already(LinkMode),
+}
+
+pub struct Filter {
+    pins: Pins,
+    prog: Xdp,
+    pub maps: Maps,
+}
+
+impl Filter {
+    /// Open the pinned program and maps, loading and pinning them first when absent.
+    pub fn load_or_open(pins: &Pins) -> Result<Self, LoaderError> {
+        pins.prepare()?;
+        if !pins.exists() {
+            load_and_pin(pins)?;
+        }
+        Self::open(pins)
+    }
+
+    /// Open what is pinned; an error when nothing is.
+    pub fn open(pins: &Pins) -> Result<Self, LoaderError> {
+        if !pins.exists() {
+            return Err(LoaderError::NotLoaded {
+                root: pins.root().display().to_string(),
+            });
+        }
+        let prog = Xdp::from_pin(pins.prog(), XdpAttachType::Interface).map_err(|source| {
+            LoaderError::Program {
+                what: format!("opening {}", pins.prog().display()),
+                source,
+            }
+        })?;
+        let maps = Maps::open(pins)?;
+        Ok(Self {
+            pins: pins.clone(),
+            prog,
+            maps,
+        })
+    }
+
+    pub fn pins(&self) -> &Pins {
+        &self.pins
+    }
+
+    /// The loaded program, for `BPF_PROG_TEST_RUN` and for `status`.
+    pub fn program(&self) -> &Xdp {
+        &self.prog
+    }
+
+    pub fn program_id(&self) -> Result<u32, LoaderError> {
+        let info = self.prog.info().map_err(|source| LoaderError::Program {
+            what: "reading program info".into(),
+            source,
+        })?;
+        Ok(info.id())
+    }
+
+    /// Attach to `iface` and pin the link. Idempotent: an interface already attached is left
+    /// as it is.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached, LoaderError> {
+        if let Some(existing) = self
+            .pins
+            .link_for(iface)
+            .map_err(|source| LoaderError::Io {
+                path: self.pins.links_dir().display().to_string(),
+                source,
+            })?
+        {
+            return Ok(Attached::Already(existing.mode));
+        }
+        if nix_if_index(iface) == 0 {
+            return Err(LoaderError::NoSuchInterface {
+                iface: iface.into(),
+            });
+        }
+        let attempts: &[(XdpMode, LinkMode)] = match mode {
+            AttachMode::Auto => &[
+                (XdpMode::Driver, LinkMode::Native),
+                (XdpMode::Skb, LinkMode::Generic),
+            ],
+            AttachMode::Native => &[(XdpMode::Driver, LinkMode::Native)],
+            AttachMode::Generic => &[(XdpMode::Skb, LinkMode::Generic)],
+        };
+        let mut last_err = None;
+        for &(xdp_mode, link_mode) in attempts {
+            match self.prog.attach(iface, xdp_mode) {
+                Ok(id) => {
+                    let link = self
+                        .prog
+                        .take_link(id)
+                        .map_err(|source| LoaderError::Program {
+                            what: format!("taking the link on {iface}"),
+                            source,
+                        })?;
+                    let fd_link = FdLink::try_from(link).map_err(|_| LoaderError::NotALink {
+                        iface: iface.into(),
+                    })?;
+                    let path = self.pins.link(iface, link_mode);
+                    fd_link.pin(&path).map_err(|source| LoaderError::Pin {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                    return Ok(Attached::New(link_mode));
+                }
+                Err(source) => last_err = Some(source),
+            }
+        }
+        Err(LoaderError::Attach {
+            iface: iface.into(),
+            source: last_err.expect("at least one attempt is made"),
+        })
+    }
+
+    /// Detach from `iface` by removing its pinned link (the last reference to it).
+    pub fn detach(&mut self, iface: &str) -> Result<LinkMode, LoaderError> {
+        let io_err = |source| LoaderError::Io {
+            path: self.pins.links_dir().display().to_string(),
+            source,
+        };
+        let Some(pin) = self.pins.link_for(iface).map_err(io_err)? else {
+            return Err(LoaderError::NotAttached {
+                iface: iface.into(),
+            });
+        };
+        unpin_link(&pin)?;
+        Ok(pin.mode)
+    }
+
+    pub fn links(&self) -> Result<Vec<LinkPin>, LoaderError> {
+        self.pins.links().map_err(|source| LoaderError::Io {
+            path: self.pins.links_dir().display().to_string(),
+            source,
+        })
+    }
+}
+
+fn unpin_link(pin: &LinkPin) -> Result<(), LoaderError> {
+    let link = PinnedLink::from_pin(&pin.path).map_err(|e| LoaderError::Io {
+        path: pin.path.display().to_string(),
+        source: io::Error::other(e),
+    })?;
+    // Dropping the FdLink after removing the pin releases the last reference: detached.
+    let _link: FdLink = link.unpin().map_err(|source| LoaderError::Io {
+        path: pin.path.display().to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Detach everywhere and remove the program and maps: the policy is gone too.
+pub fn purge(pins: &Pins) -> Result<(), LoaderError> {
+    let io = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| LoaderError::Io { path, source }
+    };
+    for pin in pins.links().map_err(io(&pins.links_dir()))? {
+        unpin_link(&pin)?;
+    }
+    remove_if_exists(&pins.prog()).map_err(io(&pins.prog()))?;
+    for name in PROGRAM_MAPS.iter().chain([&names::RULES]) {
+        let path = pins.map(name);
+        remove_if_exists(&path).map_err(io(&path))?;
+    }
+    Ok(())
+}
+
+fn remove_if_exists(path: &std::path::Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn nix_if_index(iface: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(iface) else {
+        return 0;
+    };
+    // SAFETY: a NUL-terminated string that outlives the call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// Load the object with every map pinned under `pins` (reusing maps already pinned there),
+/// create the userspace rule table, and pin the program last: a pinned program means a
+/// complete set.
+fn load_and_pin(pins: &Pins) -> Result<(), LoaderError> {
+    let paths: Vec<_> = PROGRAM_MAPS.iter().map(|n| (*n, pins.map(n))).collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or(LoaderError::NoProgram)?
+        .try_into()
+        .map_err(|source| LoaderError::Program {
+            what: "XDP program".into(),
+            source,
+        })?;
+    prog.load().map_err(|source| LoaderError::Program {
+        what: "loading the XDP program (verifier)".into(),
+        source,
+    })?;
+    let rules_path = pins.map(names::RULES);
+    if !rules_path.exists() {
+        let rules = Array::<MapData, RuleMeta>::create(MAX_RULES, 0).map_err(|source| {
+            LoaderError::CreateMap {
+                name: names::RULES,
+                source,
+            }
+        })?;
+        rules.pin(&rules_path).map_err(|source| LoaderError::Pin {
+            path: rules_path.display().to_string(),
+            source,
+        })?;
+    }
+    let prog_path = pins.prog();
+    prog.pin(&prog_path).map_err(|source| LoaderError::Pin {
+        path: prog_path.display().to_string(),
+        source,
+    })?;
+    Ok(())
+}

@@ -1,0 +1,367 @@
+//! Typed handles on the pinned maps, and the conversion between `ipnet` prefixes and LPM keys.
+//!
+//! This and `filter-ebpf/src/lookup.rs` are the only places that know prefixes live in kernel
+//! LPM tries; everything else speaks `Ipv4Net`/`Ipv6Net`.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::{
+    Pod,
+    maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+};
+use filter_common::{
+    Config, Counter, MAX_RULES, RULE_NAME_LEN, RuleEntry, RuleMeta, maps as names, stat,
+};
+use ipnet::{Ipv4Net, Ipv6Net};
+use thiserror::Error;
+
+use crate::pins::Pins;
+
+#[derive(Debug, Error)]
+pub enum MapsError {
+    #[error("opening pinned map {name} at {path}: {source}")]
+    Open {
+        name: &'static str,
+        path: String,
+        source: MapError,
+    },
+    #[error("map {name}: {source}")]
+    Op {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("map {name}: {source}")]
+    Io {
+        name: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn op(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError::Op { name, source }
+}
+
+/// A prefix type stored in an LPM trie keyed by its address bytes in network order.
+pub trait LpmPrefix: Copy + Ord + std::fmt::Display {
+    type Bytes: Pod + Copy;
+    const MAX_LEN: u8;
+    fn to_key(&self) -> Key<Self::Bytes>;
+    fn from_key(key: &Key<Self::Bytes>) -> Option<Self>;
+    fn bits(&self) -> u8;
+    fn contains_bytes(&self, addr: Self::Bytes) -> bool;
+}
+
+impl LpmPrefix for Ipv4Net {
+    type Bytes = [u8; 4];
+    const MAX_LEN: u8 = 32;
+    fn to_key(&self) -> Key<[u8; 4]> {
+        Key::new(u32::from(self.prefix_len()), self.network().octets())
+    }
+    fn from_key(key: &Key<[u8; 4]>) -> Option<Self> {
+        Ipv4Net::new(
+            Ipv4Addr::from(key.data()),
+            u8::try_from(key.prefix_len()).ok()?,
+        )
+        .ok()
+    }
+    fn bits(&self) -> u8 {
+        self.prefix_len()
+    }
+    fn contains_bytes(&self, addr: [u8; 4]) -> bool {
+        self.contains(&Ipv4Addr::from(addr))
+    }
+}
+
+impl LpmPrefix for Ipv6Net {
+    type Bytes = [u8; 16];
+    const MAX_LEN: u8 = 128;
+    fn to_key(&self) -> Key<[u8; 16]> {
+        Key::new(u32::from(self.prefix_len()), self.network().octets())
+    }
+    fn from_key(key: &Key<[u8; 16]>) -> Option<Self> {
+        Ipv6Net::new(
+            Ipv6Addr::from(key.data()),
+            u8::try_from(key.prefix_len()).ok()?,
+        )
+        .ok()
+    }
+    fn bits(&self) -> u8 {
+        self.prefix_len()
+    }
+    fn contains_bytes(&self, addr: [u8; 16]) -> bool {
+        self.contains(&Ipv6Addr::from(addr))
+    }
+}
+
+/// One address table (direction x family).
+pub struct Table<P: LpmPrefix> {
+    pub name: &'static str,
+    pub map: LpmTrie<MapData, P::Bytes, RuleEntry>,
+}
+
+impl<P: LpmPrefix> Table<P> {
+    fn open(pins: &Pins, name: &'static str) -> Result<Self, MapsError> {
+        let map = LpmTrie::try_from(open_map(pins, name)?).map_err(op(name))?;
+        Ok(Self { name, map })
+    }
+
+    /// Every entry, read from the kernel.
+    pub fn entries(&self) -> Result<BTreeMap<P, RuleEntry>, MapsError> {
+        let mut out = BTreeMap::new();
+        for item in self.map.iter() {
+            let (key, value) = item.map_err(op(self.name))?;
+            if let Some(p) = P::from_key(&key) {
+                out.insert(p, value);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn len(&self) -> Result<usize, MapsError> {
+        let mut n = 0;
+        for key in self.map.keys() {
+            key.map_err(op(self.name))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub fn is_empty(&self) -> Result<bool, MapsError> {
+        Ok(self.map.keys().next().is_none())
+    }
+
+    /// The kernel's longest-prefix answer for a full-length address: what the program sees.
+    pub fn lookup(&self, addr: P::Bytes) -> Result<Option<RuleEntry>, MapsError> {
+        match self.map.get(&Key::new(u32::from(P::MAX_LEN), addr), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(op(self.name)(e)),
+        }
+    }
+
+    pub fn insert(&mut self, prefix: &P, value: RuleEntry) -> Result<(), MapsError> {
+        self.map
+            .insert(&prefix.to_key(), value, 0)
+            .map_err(op(self.name))
+    }
+
+    pub fn remove(&mut self, prefix: &P) -> Result<(), MapsError> {
+        match self.map.remove(&prefix.to_key()) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(op(self.name)(e)),
+        }
+    }
+
+    pub fn capacity(&self) -> Result<u32, MapsError> {
+        Ok(self.map_data().info().map_err(op(self.name))?.max_entries())
+    }
+
+    fn map_data(&self) -> &MapData {
+        use aya::maps::IterableMap as _;
+        self.map.map()
+    }
+
+    /// Kernel memory charged to the map (`memlock` in fdinfo).
+    pub fn memlock(&self) -> Result<u64, MapsError> {
+        memlock(self.map_data()).map_err(|source| MapsError::Io {
+            name: self.name,
+            source,
+        })
+    }
+}
+
+/// All pinned maps of one edgeblock instance.
+pub struct Maps {
+    pub dst_v4: Table<Ipv4Net>,
+    pub src_v4: Table<Ipv4Net>,
+    pub dst_v6: Table<Ipv6Net>,
+    pub src_v6: Table<Ipv6Net>,
+    pub rule_stats: PerCpuArray<MapData, Counter>,
+    pub stats: PerCpuArray<MapData, Counter>,
+    pub config: Array<MapData, Config>,
+    pub rules: Array<MapData, RuleMeta>,
+}
+
+fn open_map(pins: &Pins, name: &'static str) -> Result<Map, MapsError> {
+    let path = pins.map(name);
+    let err = |source| MapsError::Open {
+        name,
+        path: path.display().to_string(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(err)?;
+    Map::from_map_data(data).map_err(err)
+}
+
+fn memlock(map: &MapData) -> std::io::Result<u64> {
+    let fd = map.fd().as_fd().as_raw_fd();
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+/// Summed per-CPU counters.
+fn sum(values: &PerCpuValues<Counter>) -> Counter {
+    values.iter().fold(Counter::default(), |acc, c| Counter {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    })
+}
+
+/// Global counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GlobalStats {
+    pub pass: CounterJson,
+    pub drop: CounterJson,
+    pub redirect: CounterJson,
+    pub reject: CounterJson,
+    pub no_match: CounterJson,
+    pub non_ip: CounterJson,
+    pub malformed: CounterJson,
+    pub malformed_dropped: CounterJson,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CounterJson {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl From<Counter> for CounterJson {
+    fn from(c: Counter) -> Self {
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+        }
+    }
+}
+
+impl Maps {
+    pub fn open(pins: &Pins) -> Result<Self, MapsError> {
+        Ok(Self {
+            dst_v4: Table::open(pins, names::DST_V4)?,
+            src_v4: Table::open(pins, names::SRC_V4)?,
+            dst_v6: Table::open(pins, names::DST_V6)?,
+            src_v6: Table::open(pins, names::SRC_V6)?,
+            rule_stats: PerCpuArray::try_from(open_map(pins, names::RULE_STATS)?)
+                .map_err(op(names::RULE_STATS))?,
+            stats: PerCpuArray::try_from(open_map(pins, names::STATS)?)
+                .map_err(op(names::STATS))?,
+            config: Array::try_from(open_map(pins, names::CONFIG)?).map_err(op(names::CONFIG))?,
+            rules: Array::try_from(open_map(pins, names::RULES)?).map_err(op(names::RULES))?,
+        })
+    }
+
+    pub fn config(&self) -> Result<Config, MapsError> {
+        self.config.get(&0, 0).map_err(op(names::CONFIG))
+    }
+
+    pub fn set_config(&mut self, config: &Config) -> Result<(), MapsError> {
+        self.config.set(0, config, 0).map_err(op(names::CONFIG))
+    }
+
+    /// Allocated rule ids and their metadata.
+    pub fn rule_metas(&self) -> Result<BTreeMap<u32, RuleMeta>, MapsError> {
+        let mut out = BTreeMap::new();
+        for id in 0..MAX_RULES {
+            let meta = self.rules.get(&id, 0).map_err(op(names::RULES))?;
+            if meta.in_use != 0 {
+                out.insert(id, meta);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn set_rule_meta(&mut self, id: u32, meta: &RuleMeta) -> Result<(), MapsError> {
+        self.rules.set(id, meta, 0).map_err(op(names::RULES))
+    }
+
+    pub fn rule_counter(&self, id: u32) -> Result<Counter, MapsError> {
+        Ok(sum(&self
+            .rule_stats
+            .get(&id, 0)
+            .map_err(op(names::RULE_STATS))?))
+    }
+
+    pub fn reset_rule_counter(&mut self, id: u32) -> Result<(), MapsError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| MapsError::Io {
+            name: names::RULE_STATS,
+            source,
+        })?;
+        let zero = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|source| {
+            MapsError::Io {
+                name: names::RULE_STATS,
+                source,
+            }
+        })?;
+        self.rule_stats
+            .set(id, zero, 0)
+            .map_err(op(names::RULE_STATS))
+    }
+
+    pub fn global_stats(&self) -> Result<GlobalStats, MapsError> {
+        let get = |i: u32| -> Result<CounterJson, MapsError> {
+            Ok(sum(&self.stats.get(&i, 0).map_err(op(names::STATS))?).into())
+        };
+        use filter_common::action;
+        Ok(GlobalStats {
+            pass: get(u32::from(action::PASS))?,
+            drop: get(u32::from(action::DROP))?,
+            redirect: get(u32::from(action::REDIRECT))?,
+            reject: get(u32::from(action::REJECT))?,
+            no_match: get(stat::NO_MATCH)?,
+            non_ip: get(stat::NON_IP)?,
+            malformed: get(stat::MALFORMED)?,
+            malformed_dropped: get(stat::MALFORMED_DROPPED)?,
+        })
+    }
+
+    /// Memory charged to every map, by name.
+    pub fn memory(&self) -> Result<Vec<(&'static str, u64)>, MapsError> {
+        use aya::maps::IterableMap as _;
+        let io = |name| move |source| MapsError::Io { name, source };
+        Ok(vec![
+            (self.dst_v4.name, self.dst_v4.memlock()?),
+            (self.src_v4.name, self.src_v4.memlock()?),
+            (self.dst_v6.name, self.dst_v6.memlock()?),
+            (self.src_v6.name, self.src_v6.memlock()?),
+            (
+                names::RULE_STATS,
+                memlock(self.rule_stats.map()).map_err(io(names::RULE_STATS))?,
+            ),
+            (
+                names::STATS,
+                memlock(self.stats.map()).map_err(io(names::STATS))?,
+            ),
+            (
+                names::CONFIG,
+                memlock(self.config.map()).map_err(io(names::CONFIG))?,
+            ),
+            (
+                names::RULES,
+                memlock(self.rules.map()).map_err(io(names::RULES))?,
+            ),
+        ])
+    }
+}
+
+/// A rule name as stored in `RuleMeta::name` (NUL-padded, cut at `RULE_NAME_LEN`).
+pub fn encode_name(name: &str) -> [u8; RULE_NAME_LEN] {
+    let mut out = [0u8; RULE_NAME_LEN];
+    let n = name.len().min(RULE_NAME_LEN);
+    out[..n].copy_from_slice(&name.as_bytes()[..n]);
+    out
+}
+
+pub fn decode_name(name: &[u8; RULE_NAME_LEN]) -> String {
+    let end = name.iter().position(|&b| b == 0).unwrap_or(RULE_NAME_LEN);
+    String::from_utf8_lossy(&name[..end]).into_owned()
+}

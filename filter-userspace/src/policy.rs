@@ -1,0 +1,1815 @@
+//! Parse and validate the TOML policy file (format: `docs/policy.md`).
+//!
+//! Everything is checked before anything touches the kernel, and every problem is collected, so
+//! one run shows the operator the whole list rather than one error per attempt. Each error names
+//! the file and 1-based line it comes from and the offending value.
+//!
+//! # API
+//!
+//! - [`load`]`(path, now) -> Result<`[`Policy`]`, `[`PolicyErrors`]`>` reads the policy and its
+//!   includes from disk; [`parse`]`(text, path, now, read_include)` does the same from memory (tests,
+//!   fuzzing) with includes served by `read_include`.
+//! - [`parse_prefix_list`]`(text, file)` imports one plain-text prefix list (FireHOL netsets,
+//!   Spamhaus DROP/EDROP, one prefix or address per line, `#`/`;` comments).
+//! - [`Policy`] holds the rules that will be loaded (expired rules are left out), the `protect`
+//!   prefixes, the malformed-frame setting and [`Note`]s (expired rules, prefixes listed twice
+//!   in one rule) that are worth showing but do not stop an apply.
+//! - [`PolicyError`] is one problem; [`PolicyErrors`] is all of them, displayed one per line.
+//!
+//! Only TOML-level problems (syntax, unknown keys, wrong types) stop at the first: the TOML
+//! parser cannot go on past them. Everything after that is validated by hand from
+//! [`toml::Spanned`] strings, precisely so that every bad value gets its own error and line.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use filter_common::{MAX_RULES, MAX_V4_PREFIXES, MAX_V6_PREFIXES, RULE_NAME_LEN};
+use ipnet::IpNet;
+use jiff::Timestamp;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where a value came from: a file and a 1-based line. Displays as `file:line`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// Which address of a packet a rule matches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// The destination address (the default: blocking traffic *to* something).
+    #[default]
+    Dst,
+    /// The source address.
+    Src,
+}
+
+impl Direction {
+    /// The [`filter_common::direction`] value.
+    pub const fn as_u8(self) -> u8 {
+        match self {
+            Self::Dst => filter_common::direction::DST,
+            Self::Src => filter_common::direction::SRC,
+        }
+    }
+
+    /// The inverse of [`Direction::as_u8`], for values read back from the kernel.
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            filter_common::direction::DST => Some(Self::Dst),
+            filter_common::direction::SRC => Some(Self::Src),
+            _ => None,
+        }
+    }
+
+    /// The spelling used in the policy file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Dst => "dst",
+            Self::Src => "src",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a rule does with a matching packet. `redirect` and `reject` exist in the kernel ABI
+/// ([`filter_common::action`]) but are refused by the parser until they are implemented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Pass,
+    Drop,
+}
+
+impl Action {
+    /// The [`filter_common::action`] value.
+    pub const fn as_u8(self) -> u8 {
+        match self {
+            Self::Pass => filter_common::action::PASS,
+            Self::Drop => filter_common::action::DROP,
+        }
+    }
+
+    /// The spelling used in the policy file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Drop => "drop",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do with frames that claim to be IP but cannot be parsed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MalformedAction {
+    /// The default: a frame the filter cannot read is a frame it cannot vouch for, and letting
+    /// it through would let a crafted header walk past every rule.
+    #[default]
+    Drop,
+    Pass,
+}
+
+impl MalformedAction {
+    /// The [`filter_common::malformed`] value.
+    pub const fn as_u8(self) -> u8 {
+        match self {
+            Self::Drop => filter_common::malformed::DROP,
+            Self::Pass => filter_common::malformed::PASS,
+        }
+    }
+
+    /// The spelling used in the policy file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Drop => "drop",
+            Self::Pass => "pass",
+        }
+    }
+}
+
+impl fmt::Display for MalformedAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One validated prefix (network address, no host bits) and where it was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixEntry {
+    pub net: IpNet,
+    pub location: Location,
+}
+
+/// One rule that will be loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub direction: Direction,
+    pub action: Action,
+    /// Deduplicated, in the order written (inline `prefixes` first, then each include).
+    pub prefixes: Vec<PrefixEntry>,
+    pub comment: Option<String>,
+    pub expires: Option<Timestamp>,
+    pub allow_local: bool,
+    /// The line of the rule's `name`.
+    pub location: Location,
+}
+
+/// A validated policy, ready for [`crate::compile::compile`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub path: PathBuf,
+    pub malformed: MalformedAction,
+    pub protect: Vec<PrefixEntry>,
+    /// Rules in file order, without the expired ones. The order is the rule id order.
+    pub rules: Vec<Rule>,
+    pub notes: Vec<Note>,
+}
+
+/// Something worth telling the operator that does not stop the policy from loading.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// The rule's `expires` is at or before the time the policy was parsed.
+    Expired {
+        location: Location,
+        rule: String,
+        expires: Timestamp,
+    },
+    /// The same prefix appears twice in one rule; it is loaded once.
+    DuplicateInRule {
+        rule: String,
+        net: IpNet,
+        first: Location,
+        again: Location,
+    },
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Expired {
+                location,
+                rule,
+                expires,
+            } => write!(
+                f,
+                "{location}: rule \"{rule}\" expired at {expires}; not loaded"
+            ),
+            Self::DuplicateInRule {
+                rule,
+                net,
+                first,
+                again,
+            } => write!(
+                f,
+                "{again}: rule \"{rule}\": {net} is already listed at {first}; loaded once"
+            ),
+        }
+    }
+}
+
+/// Why a string is not a usable prefix.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PrefixProblem {
+    #[error("is not an IP address or CIDR prefix")]
+    NotAnAddress,
+    #[error("has an invalid prefix length {length:?}")]
+    BadLength { length: String },
+    #[error("has prefix length /{length}, but {family} prefixes are at most /{max}")]
+    LengthOutOfRange {
+        length: u32,
+        family: &'static str,
+        max: u8,
+    },
+    #[error("has host bits set; did you mean \"{suggestion}\"?")]
+    HostBits { suggestion: IpNet },
+}
+
+/// Which part of the configuration a bad prefix belongs to; displayed as a prefix of the error
+/// message (`rule "x": `), empty for a list parsed on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrefixOwner {
+    Rule {
+        rule: String,
+    },
+    Protect,
+    /// A list parsed by [`parse_prefix_list`] outside any policy.
+    List,
+    /// A list pulled in by a rule's `include`.
+    Include {
+        rule: String,
+        included_at: Location,
+    },
+}
+
+impl fmt::Display for PrefixOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rule { rule } => write!(f, "rule \"{rule}\": "),
+            Self::Protect => f.write_str("protect: "),
+            Self::List => Ok(()),
+            Self::Include { rule, included_at } => {
+                write!(f, "rule \"{rule}\" (included at {included_at}): ")
+            }
+        }
+    }
+}
+
+/// Why a rule name is refused. Names end up in a fixed 64-byte kernel map slot and on command
+/// lines, hence the short, shell-safe alphabet.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameProblem {
+    #[error("is empty")]
+    Empty,
+    #[error("is {len} bytes long; the limit is {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("contains {ch:?}; use only letters, digits, '.', '_' and '-'")]
+    BadChar { ch: char },
+}
+
+/// One problem in a policy or prefix list.
+///
+/// Causes (`io::Error`, `jiff::Error`) are part of the message rather than `source()`, because
+/// these errors are shown one per line in a list where a cause chain would be lost.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{}: cannot read the policy file: {error}", file.display())]
+    Read { file: PathBuf, error: io::Error },
+
+    /// TOML syntax, unknown keys, missing keys and wrong types, as reported by the TOML parser.
+    #[error("{location}: {message}")]
+    Toml { location: Location, message: String },
+
+    #[error("{location}: {owner}{value:?} {problem}")]
+    BadPrefix {
+        location: Location,
+        owner: PrefixOwner,
+        value: String,
+        problem: PrefixProblem,
+    },
+
+    /// A list file with so many bad lines that it is probably not a list at all (an HTML error
+    /// page saved by a failed download, say); the first [`MAX_LIST_ERRORS`] are reported.
+    #[error("{}: {count} more bad lines not shown", file.display())]
+    MoreBadLines { file: PathBuf, count: usize },
+
+    #[error(
+        "{second}: rule \"{second_rule}\": {net} is already in rule \"{first_rule}\" at {first}; \
+         a prefix can belong to only one {direction} rule"
+    )]
+    DuplicatePrefix {
+        net: IpNet,
+        direction: Direction,
+        first: Location,
+        first_rule: String,
+        second: Location,
+        second_rule: String,
+    },
+
+    #[error("{second}: rule name \"{name}\" is already used at {first}")]
+    DuplicateRuleName {
+        name: String,
+        first: Location,
+        second: Location,
+    },
+
+    #[error("{location}: rule name {name:?} {problem}")]
+    BadRuleName {
+        location: Location,
+        name: String,
+        problem: NameProblem,
+    },
+
+    #[error("{location}: rule \"{rule}\" has no prefixes; list some in `prefixes` or `include`")]
+    EmptyRule { location: Location, rule: String },
+
+    #[error(
+        "{location}: rule \"{rule}\": cannot read include {include:?} ({}): {error}",
+        resolved.display()
+    )]
+    UnreadableInclude {
+        location: Location,
+        rule: String,
+        /// As written in the policy.
+        include: String,
+        /// Relative to the policy file's directory.
+        resolved: PathBuf,
+        error: io::Error,
+    },
+
+    #[error(
+        "{location}: rule \"{rule}\": expires {value:?} is not an RFC 3339 timestamp with an \
+         offset, like \"2026-12-31T00:00:00Z\": {error}"
+    )]
+    BadExpires {
+        location: Location,
+        rule: String,
+        value: String,
+        error: jiff::Error,
+    },
+
+    #[error(
+        "{location}: rule \"{rule}\": expires must be a timestamp like \"2026-12-31T00:00:00Z\", \
+         not a TOML {found}"
+    )]
+    ExpiresType {
+        location: Location,
+        rule: String,
+        found: &'static str,
+    },
+
+    #[error(
+        "{location}: rule \"{rule}\": action {value:?} is not supported yet; use \"pass\" or \"drop\""
+    )]
+    UnsupportedAction {
+        location: Location,
+        rule: String,
+        value: String,
+    },
+
+    #[error("{location}: rule \"{rule}\": unknown action {value:?}; expected \"pass\" or \"drop\"")]
+    UnknownAction {
+        location: Location,
+        rule: String,
+        value: String,
+    },
+
+    #[error(
+        "{location}: rule \"{rule}\": unknown direction {value:?}; expected \"dst\" or \"src\""
+    )]
+    BadDirection {
+        location: Location,
+        rule: String,
+        value: String,
+    },
+
+    #[error("{location}: malformed = {value:?} is not valid; expected \"drop\" or \"pass\"")]
+    BadMalformed { location: Location, value: String },
+
+    #[error("{location}: rule \"{rule}\" is one rule too many; at most {max} rules can be loaded")]
+    TooManyRules {
+        location: Location,
+        rule: String,
+        max: u32,
+    },
+
+    #[error(
+        "{}: the {direction} {family} table would hold {count} prefixes; it holds at most {max}",
+        file.display()
+    )]
+    TooManyPrefixes {
+        file: PathBuf,
+        direction: Direction,
+        family: &'static str,
+        count: usize,
+        max: u32,
+    },
+}
+
+/// Every problem found in a policy. Displays one error per line.
+#[derive(Debug)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+/// Bad lines reported per list file before the rest are summarised by
+/// [`PolicyError::MoreBadLines`].
+pub const MAX_LIST_ERRORS: usize = 20;
+
+/// Longest list line quoted back in an error; a list that is really a minified JSON or HTML
+/// page would otherwise put megabytes on the terminal.
+const MAX_QUOTED: usize = 80;
+
+/// Read the policy at `path` and the lists it includes (relative to its directory), and
+/// validate everything. Rules whose `expires` is at or before `now` are left out.
+pub fn load(path: &Path, now: Timestamp) -> Result<Policy, PolicyErrors> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        PolicyErrors(vec![PolicyError::Read {
+            file: path.to_path_buf(),
+            error,
+        }])
+    })?;
+    parse(&text, path, now, |p| std::fs::read_to_string(p))
+}
+
+/// Validate policy `text` as if read from `path`. `read_include` is called with each include
+/// path joined to `path`'s directory.
+pub fn parse(
+    text: &str,
+    path: &Path,
+    now: Timestamp,
+    read_include: impl Fn(&Path) -> io::Result<String>,
+) -> Result<Policy, PolicyErrors> {
+    let lines = LineIndex::new(text);
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+        PolicyErrors(vec![PolicyError::Toml {
+            location: Location {
+                file: path.to_path_buf(),
+                line: lines.line(e.span().map_or(0, |s| s.start)),
+            },
+            // The parser's message is meant to sit under its own multi-line snippet; keep it
+            // on one line so the list stays one error per line.
+            message: e.message().trim().replace('\n', "; "),
+        }])
+    })?;
+
+    let mut v = Validator {
+        path,
+        lines,
+        errors: Vec::new(),
+        notes: Vec::new(),
+    };
+
+    let malformed = match &raw.malformed {
+        None => MalformedAction::default(),
+        Some(value) => match value.get_ref().as_str() {
+            "drop" => MalformedAction::Drop,
+            "pass" => MalformedAction::Pass,
+            other => {
+                let location = v.at(value);
+                v.errors.push(PolicyError::BadMalformed {
+                    location,
+                    value: other.to_string(),
+                });
+                MalformedAction::default()
+            }
+        },
+    };
+
+    let protect = v.protect(&raw.protect);
+    let base = path.parent().unwrap_or(Path::new(""));
+    let candidates: Vec<Candidate> = raw
+        .rule
+        .iter()
+        .map(|r| v.rule(r, now, base, &read_include))
+        .collect();
+
+    v.check_names(&candidates);
+    v.check_across_rules(&candidates);
+
+    if !v.errors.is_empty() {
+        return Err(PolicyErrors(v.errors));
+    }
+    let rules = candidates
+        .into_iter()
+        .filter(|c| !c.expired)
+        .filter_map(Candidate::into_rule)
+        .collect();
+    Ok(Policy {
+        path: path.to_path_buf(),
+        malformed,
+        protect,
+        rules,
+        notes: v.notes,
+    })
+}
+
+/// Parse a plain-text prefix list: one prefix or bare address per line; `#` and `;` start a
+/// comment (whole-line or trailing); blank lines are ignored and whitespace is trimmed. Lines
+/// are numbered from 1 in `file`. Duplicates are kept: deduplication belongs to the rule.
+pub fn parse_prefix_list(text: &str, file: &Path) -> Result<Vec<PrefixEntry>, Vec<PolicyError>> {
+    // Files saved by some Windows tools start with a byte-order mark; it is not content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut entries = Vec::new();
+    let mut errors = Vec::new();
+    let mut not_shown = 0;
+    for (index, line) in text.lines().enumerate() {
+        let content = line
+            .find(['#', ';'])
+            .map_or(line, |end| &line[..end])
+            .trim();
+        if content.is_empty() {
+            continue;
+        }
+        let location = Location {
+            file: file.to_path_buf(),
+            line: index + 1,
+        };
+        match parse_prefix(content) {
+            Ok(net) => entries.push(PrefixEntry { net, location }),
+            Err(_) if errors.len() >= MAX_LIST_ERRORS => not_shown += 1,
+            Err(problem) => errors.push(PolicyError::BadPrefix {
+                location,
+                owner: PrefixOwner::List,
+                value: quote_limited(content),
+                problem,
+            }),
+        }
+    }
+    if not_shown > 0 {
+        errors.push(PolicyError::MoreBadLines {
+            file: file.to_path_buf(),
+            count: not_shown,
+        });
+    }
+    if errors.is_empty() {
+        Ok(entries)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Parse `addr/len` or a bare address (a /32 or /128). Host bits are an error rather than
+/// silently truncated: `10.0.0.1/8` is far more often a typo for `10.0.0.1/32` or a
+/// misunderstanding than a deliberate way to write `10.0.0.0/8`, and the two block very
+/// different amounts of traffic.
+pub fn parse_prefix(text: &str) -> Result<IpNet, PrefixProblem> {
+    let (addr, length) = match text.split_once('/') {
+        Some((addr, length)) => (addr, Some(length)),
+        None => (text, None),
+    };
+    let addr: IpAddr = addr.parse().map_err(|_| PrefixProblem::NotAnAddress)?;
+    let (family, max) = match addr {
+        IpAddr::V4(_) => ("IPv4", 32),
+        IpAddr::V6(_) => ("IPv6", 128),
+    };
+    let length = match length {
+        None => max,
+        Some(length) => {
+            // `u32::from_str` would also take "+8".
+            let bad = || PrefixProblem::BadLength {
+                length: length.to_string(),
+            };
+            if length.is_empty() || !length.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            let n: u32 = length.parse().map_err(|_| bad())?;
+            match u8::try_from(n) {
+                Ok(n) if n <= max => n,
+                _ => {
+                    return Err(PrefixProblem::LengthOutOfRange {
+                        length: n,
+                        family,
+                        max,
+                    });
+                }
+            }
+        }
+    };
+    let net = IpNet::new(addr, length).map_err(|_| PrefixProblem::LengthOutOfRange {
+        length: u32::from(length),
+        family,
+        max,
+    })?;
+    let network = net.trunc();
+    if network != net {
+        return Err(PrefixProblem::HostBits {
+            suggestion: network,
+        });
+    }
+    Ok(net)
+}
+
+fn quote_limited(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), NameProblem> {
+    if name.is_empty() {
+        return Err(NameProblem::Empty);
+    }
+    if let Some(ch) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(NameProblem::BadChar { ch });
+    }
+    if name.len() > RULE_NAME_LEN {
+        return Err(NameProblem::TooLong {
+            len: name.len(),
+            max: RULE_NAME_LEN,
+        });
+    }
+    Ok(())
+}
+
+// The file as TOML sees it. Every value that needs a line number in an error is `Spanned`, and
+// every enumerated value is a plain string checked by hand, so one bad value does not hide the
+// others behind serde's first error.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    malformed: Option<Spanned<String>>,
+    #[serde(default)]
+    protect: Vec<Spanned<String>>,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    direction: Option<Spanned<String>>,
+    action: Spanned<String>,
+    #[serde(default)]
+    prefixes: Vec<Spanned<String>>,
+    #[serde(default)]
+    include: Vec<Spanned<String>>,
+    comment: Option<String>,
+    // A `Value` so both `"2026-12-31T00:00:00Z"` and the bare TOML datetime are accepted.
+    expires: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    allow_local: bool,
+}
+
+/// A rule as far as it could be validated; fields that failed are `None` and have an error.
+struct Candidate {
+    name: String,
+    location: Location,
+    direction: Option<Direction>,
+    action: Option<Action>,
+    prefixes: Vec<PrefixEntry>,
+    comment: Option<String>,
+    expires: Option<Timestamp>,
+    expired: bool,
+    allow_local: bool,
+}
+
+impl Candidate {
+    fn into_rule(self) -> Option<Rule> {
+        Some(Rule {
+            name: self.name,
+            direction: self.direction?,
+            action: self.action?,
+            prefixes: self.prefixes,
+            comment: self.comment,
+            expires: self.expires,
+            allow_local: self.allow_local,
+            location: self.location,
+        })
+    }
+}
+
+/// Byte offset -> 1-based line, by binary search over line starts.
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self { starts }
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        self.starts.partition_point(|&start| start <= offset)
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    lines: LineIndex,
+    errors: Vec<PolicyError>,
+    notes: Vec<Note>,
+}
+
+impl Validator<'_> {
+    fn at<T>(&self, value: &Spanned<T>) -> Location {
+        Location {
+            file: self.path.to_path_buf(),
+            line: self.lines.line(value.span().start),
+        }
+    }
+
+    fn protect(&mut self, raw: &[Spanned<String>]) -> Vec<PrefixEntry> {
+        let mut protect: Vec<PrefixEntry> = Vec::new();
+        for value in raw {
+            let location = self.at(value);
+            match parse_prefix(value.get_ref()) {
+                // Listing a protected prefix twice is harmless, so it is neither an error
+                // nor worth a note.
+                Ok(net) if protect.iter().any(|p| p.net == net) => {}
+                Ok(net) => protect.push(PrefixEntry { net, location }),
+                Err(problem) => self.errors.push(PolicyError::BadPrefix {
+                    location,
+                    owner: PrefixOwner::Protect,
+                    value: value.get_ref().clone(),
+                    problem,
+                }),
+            }
+        }
+        protect
+    }
+
+    fn rule(
+        &mut self,
+        raw: &RawRule,
+        now: Timestamp,
+        base: &Path,
+        read_include: &impl Fn(&Path) -> io::Result<String>,
+    ) -> Candidate {
+        let name = raw.name.get_ref().clone();
+        let location = self.at(&raw.name);
+        if let Err(problem) = check_name(&name) {
+            self.errors.push(PolicyError::BadRuleName {
+                location: location.clone(),
+                name: name.clone(),
+                problem,
+            });
+        }
+
+        let direction = match &raw.direction {
+            None => Some(Direction::default()),
+            Some(value) => match value.get_ref().as_str() {
+                "dst" => Some(Direction::Dst),
+                "src" => Some(Direction::Src),
+                other => {
+                    self.errors.push(PolicyError::BadDirection {
+                        location: self.at(value),
+                        rule: name.clone(),
+                        value: other.to_string(),
+                    });
+                    None
+                }
+            },
+        };
+
+        let action = match raw.action.get_ref().as_str() {
+            "pass" => Some(Action::Pass),
+            "drop" => Some(Action::Drop),
+            other => {
+                let location = self.at(&raw.action);
+                let rule = name.clone();
+                let value = other.to_string();
+                self.errors.push(if matches!(other, "redirect" | "reject") {
+                    PolicyError::UnsupportedAction {
+                        location,
+                        rule,
+                        value,
+                    }
+                } else {
+                    PolicyError::UnknownAction {
+                        location,
+                        rule,
+                        value,
+                    }
+                });
+                None
+            }
+        };
+
+        let expires = raw.expires.as_ref().and_then(|value| {
+            let location = self.at(value);
+            let text = match value.get_ref() {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Datetime(d) => d.to_string(),
+                other => {
+                    self.errors.push(PolicyError::ExpiresType {
+                        location,
+                        rule: name.clone(),
+                        found: other.type_str(),
+                    });
+                    return None;
+                }
+            };
+            match text.parse::<Timestamp>() {
+                Ok(t) => Some((t, location)),
+                Err(error) => {
+                    self.errors.push(PolicyError::BadExpires {
+                        location,
+                        rule: name.clone(),
+                        value: text,
+                        error,
+                    });
+                    None
+                }
+            }
+        });
+        let expired = match &expires {
+            Some((t, location)) if *t <= now => {
+                self.notes.push(Note::Expired {
+                    location: location.clone(),
+                    rule: name.clone(),
+                    expires: *t,
+                });
+                true
+            }
+            _ => false,
+        };
+
+        // Everything that was written as a prefix, good or bad, so that a rule whose only
+        // prefixes are bad gets those errors and not also "has no prefixes".
+        let mut written = 0;
+        let mut unreadable = false;
+        let mut entries = Vec::new();
+        for value in &raw.prefixes {
+            written += 1;
+            let location = self.at(value);
+            match parse_prefix(value.get_ref()) {
+                Ok(net) => entries.push(PrefixEntry { net, location }),
+                Err(problem) => self.errors.push(PolicyError::BadPrefix {
+                    location,
+                    owner: PrefixOwner::Rule { rule: name.clone() },
+                    value: value.get_ref().clone(),
+                    problem,
+                }),
+            }
+        }
+        for include in &raw.include {
+            let included_at = self.at(include);
+            let resolved = base.join(include.get_ref());
+            let text = match read_include(&resolved) {
+                Ok(text) => text,
+                Err(error) => {
+                    unreadable = true;
+                    self.errors.push(PolicyError::UnreadableInclude {
+                        location: included_at,
+                        rule: name.clone(),
+                        include: include.get_ref().clone(),
+                        resolved,
+                        error,
+                    });
+                    continue;
+                }
+            };
+            match parse_prefix_list(&text, &resolved) {
+                Ok(list) => {
+                    written += list.len();
+                    entries.extend(list);
+                }
+                Err(errors) => {
+                    written += errors.len();
+                    self.errors.extend(errors.into_iter().map(|mut e| {
+                        if let PolicyError::BadPrefix { owner, .. } = &mut e {
+                            *owner = PrefixOwner::Include {
+                                rule: name.clone(),
+                                included_at: included_at.clone(),
+                            };
+                        }
+                        e
+                    }));
+                }
+            }
+        }
+        if written == 0 && !unreadable {
+            self.errors.push(PolicyError::EmptyRule {
+                location: location.clone(),
+                rule: name.clone(),
+            });
+        }
+
+        let mut seen: HashMap<IpNet, Location> = HashMap::new();
+        let mut prefixes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match seen.entry(entry.net) {
+                Entry::Occupied(first) => self.notes.push(Note::DuplicateInRule {
+                    rule: name.clone(),
+                    net: entry.net,
+                    first: first.get().clone(),
+                    again: entry.location,
+                }),
+                Entry::Vacant(slot) => {
+                    slot.insert(entry.location.clone());
+                    prefixes.push(entry);
+                }
+            }
+        }
+
+        Candidate {
+            name,
+            location,
+            direction,
+            action,
+            prefixes,
+            comment: raw.comment.clone(),
+            expires: expires.map(|(t, _)| t),
+            expired,
+            allow_local: raw.allow_local,
+        }
+    }
+
+    /// Names identify rules in counters and on the command line, so they must be unique, and
+    /// that includes expired rules: a name that means two things in one file is a trap.
+    fn check_names(&mut self, candidates: &[Candidate]) {
+        let mut first: HashMap<&str, &Location> = HashMap::new();
+        for c in candidates {
+            match first.entry(c.name.as_str()) {
+                Entry::Occupied(at) => self.errors.push(PolicyError::DuplicateRuleName {
+                    name: c.name.clone(),
+                    first: (*at.get()).clone(),
+                    second: c.location.clone(),
+                }),
+                Entry::Vacant(slot) => {
+                    slot.insert(&c.location);
+                }
+            }
+        }
+    }
+
+    /// Checks over the rules that will be loaded: a prefix in two rules of one direction (the
+    /// kernel table holds one rule per prefix, so one of them would silently lose), and the
+    /// kernel's capacity for rules and prefixes. Expired rules are left out: replacing an
+    /// expired block with a new rule for the same prefixes is the normal way to extend it.
+    fn check_across_rules(&mut self, candidates: &[Candidate]) {
+        let live: Vec<&Candidate> = candidates.iter().filter(|c| !c.expired).collect();
+
+        let mut owner: HashMap<(Direction, IpNet), (&Candidate, &Location)> = HashMap::new();
+        for &c in &live {
+            let Some(direction) = c.direction else {
+                continue;
+            };
+            for entry in &c.prefixes {
+                match owner.entry((direction, entry.net)) {
+                    Entry::Occupied(first) => {
+                        let (first_rule, first) = *first.get();
+                        self.errors.push(PolicyError::DuplicatePrefix {
+                            net: entry.net,
+                            direction,
+                            first: first.clone(),
+                            first_rule: first_rule.name.clone(),
+                            second: entry.location.clone(),
+                            second_rule: c.name.clone(),
+                        });
+                    }
+                    Entry::Vacant(slot) => {
+                        slot.insert((c, &entry.location));
+                    }
+                }
+            }
+        }
+
+        if let Some(extra) = live.get(MAX_RULES as usize) {
+            self.errors.push(PolicyError::TooManyRules {
+                location: extra.location.clone(),
+                rule: extra.name.clone(),
+                max: MAX_RULES,
+            });
+        }
+
+        for direction in [Direction::Dst, Direction::Src] {
+            for (family, v4, max) in [
+                ("IPv4", true, MAX_V4_PREFIXES),
+                ("IPv6", false, MAX_V6_PREFIXES),
+            ] {
+                let count = owner
+                    .keys()
+                    .filter(|(d, net)| *d == direction && matches!(net, IpNet::V4(_)) == v4)
+                    .count();
+                if count > max as usize {
+                    self.errors.push(PolicyError::TooManyPrefixes {
+                        file: self.path.to_path_buf(),
+                        direction,
+                        family,
+                        count,
+                        max,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "policy.toml";
+
+    fn now() -> Timestamp {
+        "2026-06-01T00:00:00Z"
+            .parse()
+            .unwrap_or_else(|e| panic!("test timestamp: {e}"))
+    }
+
+    fn no_includes(path: &Path) -> io::Result<String> {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no include {} in this test", path.display()),
+        ))
+    }
+
+    fn with_files(files: &[(&str, &str)]) -> impl Fn(&Path) -> io::Result<String> {
+        let files: HashMap<PathBuf, String> = files
+            .iter()
+            .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+            .collect();
+        move |path: &Path| {
+            files
+                .get(path)
+                .cloned()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "No such file or directory"))
+        }
+    }
+
+    fn ok(text: &str) -> Policy {
+        parse(text, Path::new(POLICY), now(), no_includes)
+            .unwrap_or_else(|e| panic!("policy should parse, got:\n{e}\n--- policy:\n{text}"))
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        errors_with(text, no_includes)
+    }
+
+    fn errors_with(text: &str, read: impl Fn(&Path) -> io::Result<String>) -> Vec<String> {
+        match parse(text, Path::new(POLICY), now(), read) {
+            Ok(p) => panic!("policy should not parse, got {p:#?}\n--- policy:\n{text}"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// Exactly one error, containing every fragment.
+    fn one_error(text: &str, fragments: &[&str]) -> String {
+        let errors = errors(text);
+        assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+        assert_contains(&errors[0], fragments);
+        errors[0].clone()
+    }
+
+    fn assert_contains(text: &str, fragments: &[&str]) {
+        for fragment in fragments {
+            assert!(
+                text.contains(fragment),
+                "{text:?} should contain {fragment:?}"
+            );
+        }
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap_or_else(|e| panic!("test prefix {s}: {e}"))
+    }
+
+    #[test]
+    fn full_rule_parses() {
+        let p = ok(r#"
+malformed = "pass"
+protect = ["192.0.2.0/24", "2001:db8:ffff::/48"]
+
+[[rule]]
+name = "emergency-origin"
+direction = "src"
+action = "drop"
+prefixes = ["203.0.113.0/24", "2001:db8:1::/48", "198.51.100.7"]
+comment = "ticket #1234"
+expires = "2026-12-31T00:00:00Z"
+allow_local = true
+"#);
+        assert_eq!(p.malformed, MalformedAction::Pass);
+        assert_eq!(p.protect.len(), 2);
+        assert_eq!(p.protect[1].location.line, 3);
+        assert_eq!(p.rules.len(), 1);
+        let r = &p.rules[0];
+        assert_eq!(r.name, "emergency-origin");
+        assert_eq!(r.location.to_string(), "policy.toml:6");
+        assert_eq!(r.direction, Direction::Src);
+        assert_eq!(r.action, Action::Drop);
+        let nets: Vec<IpNet> = r.prefixes.iter().map(|e| e.net).collect();
+        assert_eq!(
+            nets,
+            [
+                net("203.0.113.0/24"),
+                net("2001:db8:1::/48"),
+                net("198.51.100.7/32")
+            ]
+        );
+        assert_eq!(r.prefixes[0].location.line, 9);
+        assert_eq!(r.comment.as_deref(), Some("ticket #1234"));
+        assert_eq!(
+            r.expires.map(|t| t.to_string()).as_deref(),
+            Some("2026-12-31T00:00:00Z")
+        );
+        assert!(r.allow_local);
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+    }
+
+    #[test]
+    fn defaults() {
+        let p = ok("[[rule]]\nname = \"a\"\naction = \"pass\"\nprefixes = [\"2001:db8::1\"]\n");
+        assert_eq!(p.malformed, MalformedAction::Drop);
+        assert!(p.protect.is_empty());
+        let r = &p.rules[0];
+        assert_eq!(r.direction, Direction::Dst);
+        assert!(!r.allow_local);
+        assert_eq!(r.expires, None);
+        assert_eq!(r.prefixes[0].net, net("2001:db8::1/128"));
+    }
+
+    #[test]
+    fn empty_file_is_an_empty_policy() {
+        let p = ok("");
+        assert!(p.rules.is_empty());
+    }
+
+    #[test]
+    fn u8_values_match_the_kernel_abi() {
+        assert_eq!(Direction::Dst.as_u8(), filter_common::direction::DST);
+        assert_eq!(Direction::Src.as_u8(), filter_common::direction::SRC);
+        assert_eq!(
+            Direction::from_u8(Direction::Src.as_u8()),
+            Some(Direction::Src)
+        );
+        assert_eq!(Direction::from_u8(9), None);
+        assert_eq!(Action::Pass.as_u8(), filter_common::action::PASS);
+        assert_eq!(Action::Drop.as_u8(), filter_common::action::DROP);
+        assert_eq!(Action::Drop.to_string(), "drop");
+        assert_eq!(
+            MalformedAction::Drop.as_u8(),
+            filter_common::malformed::DROP
+        );
+        assert_eq!(
+            MalformedAction::Pass.as_u8(),
+            filter_common::malformed::PASS
+        );
+    }
+
+    #[test]
+    fn toml_syntax_error_has_line() {
+        one_error(
+            "[[rule]]\nname = \"a\"\naction = \"drop\"\nprefixes = [\"10.0.0.0/8\"\n",
+            &["policy.toml:4:"],
+        );
+    }
+
+    #[test]
+    fn unknown_key_has_line_and_name() {
+        one_error(
+            "[[rule]]\nname = \"a\"\naction = \"drop\"\nprefix = [\"192.0.2.0/24\"]\n",
+            &["policy.toml:4:", "prefix"],
+        );
+        one_error(
+            "malformed = \"drop\"\nprotekt = []\n",
+            &["policy.toml:2:", "protekt"],
+        );
+    }
+
+    #[test]
+    fn wrong_type_has_line() {
+        one_error(
+            "[[rule]]\nname = \"a\"\naction = \"drop\"\nprefixes = [\"192.0.2.0/24\", 7]\n",
+            &["policy.toml:4:"],
+        );
+        one_error(
+            "[[rule]]\nname = \"a\"\naction = \"drop\"\nallow_local = \"yes\"\nprefixes = [\"192.0.2.0/24\"]\n",
+            &["policy.toml:4:"],
+        );
+    }
+
+    #[test]
+    fn missing_action_is_an_error() {
+        one_error(
+            "[[rule]]\nname = \"a\"\nprefixes = [\"192.0.2.0/24\"]\n",
+            &["policy.toml:", "action"],
+        );
+    }
+
+    #[test]
+    fn host_bits_suggest_the_network() {
+        let e = one_error(
+            "[[rule]]\nname = \"x\"\naction = \"drop\"\nprefixes = [\n  \"192.0.2.0/24\",\n  \"10.0.0.1/8\",\n]\n",
+            &[],
+        );
+        assert_eq!(
+            e,
+            "policy.toml:6: rule \"x\": \"10.0.0.1/8\" has host bits set; did you mean \"10.0.0.0/8\"?"
+        );
+        one_error(
+            "[[rule]]\nname = \"x\"\naction = \"drop\"\nprefixes = [\"2001:db8::1/32\"]\n",
+            &["policy.toml:4:", "\"2001:db8::1/32\"", "\"2001:db8::/32\""],
+        );
+    }
+
+    #[test]
+    fn bad_addresses_and_lengths() {
+        let text = r#"[[rule]]
+name = "x"
+action = "drop"
+prefixes = [
+  "not-an-ip",
+  "192.0.2.0/33",
+  "2001:db8::/129",
+  "192.0.2.0/",
+  "192.0.2.0/+8",
+  "192.0.2.0/x",
+  "256.0.0.0/8",
+  " 192.0.2.0/24",
+]
+"#;
+        let errors = errors(text);
+        assert_eq!(errors.len(), 8, "{errors:#?}");
+        assert_contains(
+            &errors[0],
+            &["policy.toml:5:", "\"not-an-ip\"", "not an IP address"],
+        );
+        assert_contains(
+            &errors[1],
+            &["policy.toml:6:", "\"192.0.2.0/33\"", "at most /32"],
+        );
+        assert_contains(
+            &errors[2],
+            &["policy.toml:7:", "\"2001:db8::/129\"", "at most /128"],
+        );
+        assert_contains(
+            &errors[3],
+            &["policy.toml:8:", "\"192.0.2.0/\"", "invalid prefix length"],
+        );
+        assert_contains(&errors[4], &["policy.toml:9:", "\"192.0.2.0/+8\""]);
+        assert_contains(&errors[5], &["policy.toml:10:", "\"192.0.2.0/x\""]);
+        assert_contains(&errors[6], &["policy.toml:11:", "\"256.0.0.0/8\""]);
+        assert_contains(&errors[7], &["policy.toml:12:", "\" 192.0.2.0/24\""]);
+    }
+
+    #[test]
+    fn all_errors_are_collected() {
+        let text = r#"malformed = "maybe"
+protect = ["192.0.2.1/24"]
+
+[[rule]]
+name = "a b"
+action = "drop"
+prefixes = ["198.51.100.0/24"]
+
+[[rule]]
+name = "c"
+direction = "sideways"
+action = "redirect"
+prefixes = ["203.0.113.0/24"]
+"#;
+        let errors = errors(text);
+        assert_eq!(errors.len(), 5, "{errors:#?}");
+        assert_contains(&errors[0], &["policy.toml:1:", "\"maybe\""]);
+        assert_contains(
+            &errors[1],
+            &[
+                "policy.toml:2:",
+                "protect: ",
+                "\"192.0.2.1/24\"",
+                "\"192.0.2.0/24\"",
+            ],
+        );
+        assert_contains(&errors[2], &["policy.toml:5:", "\"a b\"", "' '"]);
+        assert_contains(&errors[3], &["policy.toml:11:", "\"sideways\""]);
+        assert_contains(
+            &errors[4],
+            &["policy.toml:12:", "\"redirect\"", "not supported yet"],
+        );
+    }
+
+    #[test]
+    fn errors_display_one_per_line() {
+        let text = "[[rule]]\nname = \"x\"\naction = \"drop\"\nprefixes = [\"a\", \"b\"]\n";
+        let e = parse(text, Path::new(POLICY), now(), no_includes)
+            .err()
+            .unwrap_or_else(|| panic!("should fail"));
+        assert_eq!(e.to_string().lines().count(), 2, "{e}");
+    }
+
+    #[test]
+    fn unsupported_and_unknown_actions() {
+        one_error(
+            "[[rule]]\nname = \"x\"\naction = \"reject\"\nprefixes = [\"192.0.2.0/24\"]\n",
+            &[
+                "policy.toml:3:",
+                "rule \"x\"",
+                "\"reject\"",
+                "not supported yet",
+            ],
+        );
+        one_error(
+            "[[rule]]\nname = \"x\"\naction = \"block\"\nprefixes = [\"192.0.2.0/24\"]\n",
+            &["policy.toml:3:", "rule \"x\"", "unknown action \"block\""],
+        );
+    }
+
+    #[test]
+    fn bad_malformed_value() {
+        one_error(
+            "malformed = \"ignore\"\n",
+            &["policy.toml:1:", "\"ignore\""],
+        );
+    }
+
+    #[test]
+    fn bad_protect_entries() {
+        let errors =
+            errors("protect = [\n  \"192.0.2.0/24\",\n  \"bogus\",\n  \"2001:db8::1/48\",\n]\n");
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert_contains(&errors[0], &["policy.toml:3:", "protect: \"bogus\""]);
+        assert_contains(
+            &errors[1],
+            &["policy.toml:4:", "\"2001:db8::1/48\"", "\"2001:db8::/48\""],
+        );
+    }
+
+    #[test]
+    fn duplicate_prefix_across_rules_names_both() {
+        let text = r#"[[rule]]
+name = "first"
+action = "drop"
+prefixes = ["203.0.113.0/24"]
+
+[[rule]]
+name = "second"
+action = "pass"
+prefixes = ["198.51.100.0/24", "203.0.113.0/24"]
+"#;
+        let e = one_error(text, &[]);
+        assert_eq!(
+            e,
+            "policy.toml:9: rule \"second\": 203.0.113.0/24 is already in rule \"first\" at \
+             policy.toml:4; a prefix can belong to only one dst rule"
+        );
+    }
+
+    #[test]
+    fn duplicate_prefix_in_different_spelling() {
+        one_error(
+            "[[rule]]\nname = \"a\"\naction = \"drop\"\nprefixes = [\"192.0.2.7\"]\n\
+             [[rule]]\nname = \"b\"\naction = \"drop\"\nprefixes = [\"192.0.2.7/32\"]\n",
+            &[
+                "policy.toml:8:",
+                "192.0.2.7/32",
+                "\"a\"",
+                "policy.toml:4",
+                "\"b\"",
+            ],
+        );
+    }
+
+    #[test]
+    fn same_prefix_in_dst_and_src_rules_is_fine() {
+        let p = ok(r#"[[rule]]
+name = "to"
+action = "drop"
+prefixes = ["203.0.113.0/24"]
+
+[[rule]]
+name = "from"
+direction = "src"
+action = "drop"
+prefixes = ["203.0.113.0/24"]
+"#);
+        assert_eq!(p.rules.len(), 2);
+    }
+
+    #[test]
+    fn duplicate_within_rule_is_a_note() {
+        let p = ok(r#"[[rule]]
+name = "x"
+action = "drop"
+prefixes = [
+  "203.0.113.0/24",
+  "203.0.113.0/24",
+]
+"#);
+        assert_eq!(p.rules[0].prefixes.len(), 1);
+        assert_eq!(p.notes.len(), 1, "{:?}", p.notes);
+        assert_eq!(
+            p.notes[0].to_string(),
+            "policy.toml:6: rule \"x\": 203.0.113.0/24 is already listed at policy.toml:5; loaded once"
+        );
+    }
+
+    #[test]
+    fn duplicate_rule_names_name_both() {
+        let text = r#"[[rule]]
+name = "x"
+action = "drop"
+prefixes = ["203.0.113.0/24"]
+
+[[rule]]
+name = "x"
+action = "drop"
+prefixes = ["198.51.100.0/24"]
+"#;
+        let e = one_error(text, &[]);
+        assert_eq!(
+            e,
+            "policy.toml:7: rule name \"x\" is already used at policy.toml:2"
+        );
+    }
+
+    #[test]
+    fn bad_names() {
+        let long = "n".repeat(65);
+        let text = format!(
+            "[[rule]]\nname = \"\"\naction = \"drop\"\nprefixes = [\"192.0.2.0/24\"]\n\
+             [[rule]]\nname = \"{long}\"\naction = \"drop\"\nprefixes = [\"192.0.2.1\"]\n\
+             [[rule]]\nname = \"caf\u{e9}\"\naction = \"drop\"\nprefixes = [\"192.0.2.2\"]\n\
+             [[rule]]\nname = \"{}\"\naction = \"drop\"\nprefixes = [\"192.0.2.3\"]\n",
+            "m".repeat(64)
+        );
+        let errors = errors(&text);
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert_contains(&errors[0], &["policy.toml:2:", "\"\"", "is empty"]);
+        assert_contains(&errors[1], &["policy.toml:6:", &long, "65 bytes"]);
+        assert_contains(&errors[2], &["policy.toml:10:", "caf\u{e9}", "'\u{e9}'"]);
+    }
+
+    #[test]
+    fn empty_rule() {
+        one_error(
+            "[[rule]]\nname = \"x\"\naction = \"drop\"\n",
+            &["policy.toml:2:", "rule \"x\" has no prefixes"],
+        );
+        let errors = errors_with(
+            "[[rule]]\nname = \"x\"\naction = \"drop\"\ninclude = [\"empty.txt\"]\n",
+            with_files(&[("empty.txt", "# nothing here\n\n; nor here\n")]),
+        );
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_contains(&errors[0], &["policy.toml:2:", "has no prefixes"]);
+    }
+
+    #[test]
+    fn rule_with_only_bad_prefixes_is_not_also_empty() {
+        one_error(
+            "[[rule]]\nname = \"x\"\naction = \"drop\"\nprefixes = [\"nope\"]\n",
+            &["\"nope\""],
+        );
+    }
+
+    #[test]
+    fn includes_are_relative_to_the_policy_directory() {
+        let read = with_files(&[(
+            "/etc/edgeblock/lists/a.netset",
+            "# FireHOL style\n198.51.100.64/26\n233.252.0.0/24\n",
+        )]);
+        let p = parse(
+            "[[rule]]\nname = \"x\"\naction = \"drop\"\nprefixes = [\"203.0.113.0/24\"]\ninclude = [\"lists/a.netset\"]\n",
+            Path::new("/etc/edgeblock/policy.toml"),
+            now(),
+            read,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let r = &p.rules[0];
+        assert_eq!(r.prefixes.len(), 3);
+        assert_eq!(
+            r.prefixes[1].location.to_string(),
+            "/etc/edgeblock/lists/a.netset:2"
+        );
+        assert_eq!(r.prefixes[2].net, net("233.252.0.0/24"));
+    }
+
+    #[test]
+    fn unreadable_include_names_path_line_and_os_error() {
+        let errors = errors(
+            "[[rule]]\nname = \"x\"\naction = \"drop\"\nprefixes = [\"203.0.113.0/24\"]\ninclude = [\n  \"lists/missing.txt\",\n]\n",
+        );
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_contains(
+            &errors[0],
+            &[
+                "policy.toml:6:",
+                "rule \"x\"",
+                "\"lists/missing.txt\"",
+                "no include lists/missing.txt",
+            ],
+        );
+    }
+
+    #[test]
+    fn unreadable_include_is_not_also_an_empty_rule() {
+        let errors =
+            errors("[[rule]]\nname = \"x\"\naction = \"drop\"\ninclude = [\"gone.txt\"]\n");
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+    }
+
+    #[test]
+    fn bad_line_in_include_names_the_list_line_and_the_rule() {
+        let errors = errors_with(
+            "[[rule]]\nname = \"x\"\naction = \"drop\"\ninclude = [\"bad.txt\"]\n",
+            with_files(&[(
+                "bad.txt",
+                "192.0.2.0/24\n\n192.0.2.300\n198.51.100.1/24 ; SBL1\n",
+            )]),
+        );
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert_eq!(
+            errors[0],
+            "bad.txt:3: rule \"x\" (included at policy.toml:4): \"192.0.2.300\" is not an IP \
+             address or CIDR prefix"
+        );
+        assert_contains(
+            &errors[1],
+            &["bad.txt:4:", "\"198.51.100.1/24\"", "\"198.51.100.0/24\""],
+        );
+    }
+
+    #[test]
+    fn duplicate_prefix_between_include_and_other_rule() {
+        let errors = errors_with(
+            "[[rule]]\nname = \"a\"\naction = \"drop\"\nprefixes = [\"233.252.0.0/24\"]\n\
+             [[rule]]\nname = \"b\"\naction = \"drop\"\ninclude = [\"l.txt\"]\n",
+            with_files(&[("l.txt", "# list\n233.252.0.0/24\n")]),
+        );
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_contains(&errors[0], &["l.txt:2:", "\"b\"", "\"a\"", "policy.toml:4"]);
+    }
+
+    #[test]
+    fn duplicate_between_inline_and_include_is_a_note() {
+        let p = parse(
+            "[[rule]]\nname = \"x\"\naction = \"drop\"\nprefixes = [\"233.252.0.0/24\"]\ninclude = [\"l.txt\"]\n",
+            Path::new(POLICY),
+            now(),
+            with_files(&[("l.txt", "233.252.0.0/24\n198.18.0.0/15\n")]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.rules[0].prefixes.len(), 2);
+        assert_eq!(p.notes.len(), 1);
+        assert_contains(&p.notes[0].to_string(), &["l.txt:1:", "policy.toml:4"]);
+    }
+
+    #[test]
+    fn firehol_netset() {
+        let text = "\
+#
+# firehol_level1
+#
+# ipv4 hash:net ipset
+#
+# Maintainer      : FireHOL
+#
+
+198.51.100.64/26
+233.252.0.0/24
+203.0.113.9
+  198.18.0.0/15   # trailing comment
+";
+        let entries =
+            parse_prefix_list(text, Path::new("l.netset")).unwrap_or_else(|e| panic!("{e:?}"));
+        let nets: Vec<String> = entries.iter().map(|e| e.net.to_string()).collect();
+        assert_eq!(
+            nets,
+            [
+                "198.51.100.64/26",
+                "233.252.0.0/24",
+                "203.0.113.9/32",
+                "198.18.0.0/15"
+            ]
+        );
+        assert_eq!(entries[0].location.to_string(), "l.netset:9");
+        assert_eq!(entries[3].location.line, 12);
+    }
+
+    #[test]
+    fn spamhaus_drop_and_ipv6_crlf_and_bom() {
+        let text = "\u{feff}; Spamhaus DROP List 2025/01/01\r\n; Expires: Thu, 02 Jan 2025\r\n\
+                    198.18.0.0/15 ; SBL000001\r\n2001:db8:dead::/48 ; SBL000002\r\n";
+        let entries =
+            parse_prefix_list(text, Path::new("drop.txt")).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].net, net("2001:db8:dead::/48"));
+        assert_eq!(entries[1].location.line, 4);
+    }
+
+    #[test]
+    fn spamhaus_sample_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/lists/spamhaus-drop-sample.txt");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let entries =
+            parse_prefix_list(&text, &path).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+        assert!(entries.len() >= 3, "{entries:?}");
+    }
+
+    #[test]
+    fn list_bad_line() {
+        let errors = parse_prefix_list("192.0.2.0/24\n1.2.3.4 5.6.7.8\n", Path::new("feed.txt"))
+            .err()
+            .unwrap_or_else(|| panic!("should fail"));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(
+            errors[0].to_string(),
+            "feed.txt:2: \"1.2.3.4 5.6.7.8\" is not an IP address or CIDR prefix"
+        );
+    }
+
+    #[test]
+    fn list_of_garbage_is_capped() {
+        let text = "<html>\n".repeat(MAX_LIST_ERRORS + 5);
+        let errors = parse_prefix_list(&text, Path::new("feed.txt"))
+            .err()
+            .unwrap_or_else(|| panic!("should fail"));
+        assert_eq!(errors.len(), MAX_LIST_ERRORS + 1);
+        assert_eq!(
+            errors[MAX_LIST_ERRORS].to_string(),
+            "feed.txt: 5 more bad lines not shown"
+        );
+    }
+
+    #[test]
+    fn long_bad_list_line_is_shortened() {
+        let errors = parse_prefix_list(&"x".repeat(10_000), Path::new("feed.txt"))
+            .err()
+            .unwrap_or_else(|| panic!("should fail"));
+        assert!(errors[0].to_string().len() < 200, "{}", errors[0]);
+    }
+
+    #[test]
+    fn expired_rule_is_a_note_and_not_loaded() {
+        let text = r#"[[rule]]
+name = "live"
+action = "drop"
+prefixes = ["203.0.113.0/24"]
+expires = "2026-12-31T00:00:00Z"
+
+[[rule]]
+name = "old"
+action = "drop"
+prefixes = ["198.51.100.0/24"]
+expires = "2025-01-01T00:00:00Z"
+
+[[rule]]
+name = "exactly-now"
+action = "drop"
+prefixes = ["233.252.0.0/24"]
+expires = 2026-06-01T02:00:00+02:00
+"#;
+        let p = ok(text);
+        let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["live"]);
+        let notes: Vec<String> = p.notes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            notes,
+            [
+                "policy.toml:11: rule \"old\" expired at 2025-01-01T00:00:00Z; not loaded",
+                "policy.toml:17: rule \"exactly-now\" expired at 2026-06-01T00:00:00Z; not loaded",
+            ]
+        );
+    }
+
+    #[test]
+    fn expired_rule_does_not_conflict_with_its_replacement() {
+        let p = ok(r#"[[rule]]
+name = "old"
+action = "drop"
+prefixes = ["198.51.100.0/24"]
+expires = "2025-01-01T00:00:00Z"
+
+[[rule]]
+name = "new"
+action = "drop"
+prefixes = ["198.51.100.0/24"]
+"#);
+        assert_eq!(p.rules.len(), 1);
+    }
+
+    #[test]
+    fn bad_expires() {
+        one_error(
+            "[[rule]]\nname = \"x\"\naction = \"drop\"\nprefixes = [\"192.0.2.0/24\"]\nexpires = \"next tuesday\"\n",
+            &["policy.toml:5:", "rule \"x\"", "\"next tuesday\""],
+        );
+        // No offset: ambiguous across time zones.
+        one_error(
+            "[[rule]]\nname = \"x\"\naction = \"drop\"\nprefixes = [\"192.0.2.0/24\"]\nexpires = 2026-12-31T00:00:00\n",
+            &["policy.toml:5:", "\"2026-12-31T00:00:00\""],
+        );
+        one_error(
+            "[[rule]]\nname = \"x\"\naction = \"drop\"\nprefixes = [\"192.0.2.0/24\"]\nexpires = 20261231\n",
+            &["policy.toml:5:", "integer"],
+        );
+    }
+
+    #[test]
+    fn load_reads_from_disk_and_reports_unreadable_policy() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/does-not-exist.toml");
+        let e = load(&path, now())
+            .err()
+            .unwrap_or_else(|| panic!("should fail"));
+        assert_contains(
+            &e.to_string(),
+            &["does-not-exist.toml", "cannot read the policy file"],
+        );
+    }
+
+    #[test]
+    fn example_policy_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.toml");
+        let p = load(&path, now()).unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+        let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
+        for name in ["hijacked-ranges", "abusive-source"] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+    }
+
+    #[test]
+    fn too_many_rules() {
+        let text: String = (0..=MAX_RULES)
+            .map(|i| format!("[[rule]]\nname = \"r{i}\"\naction = \"drop\"\nprefixes = [\"2001:db8::{i:x}\"]\n"))
+            .collect();
+        let last = 4 * MAX_RULES as usize + 2;
+        one_error(
+            &text,
+            &[
+                &format!("policy.toml:{last}:"),
+                "rule \"r4096\"",
+                "at most 4096 rules",
+            ],
+        );
+        // Expired rules do not count.
+        let text = text.replacen(
+            "action = \"drop\"",
+            "action = \"drop\"\nexpires = \"2000-01-01T00:00:00Z\"",
+            1,
+        );
+        assert_eq!(ok(&text).rules.len(), MAX_RULES as usize);
+    }
+
+    /// docs/policy.md shows examples/policy.toml as its complete example; keep them the same.
+    #[test]
+    fn docs_show_the_example_policy() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let read = |p: &str| {
+            std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("reading {p}: {e}"))
+        };
+        let example = read("examples/policy.toml");
+        let docs = read("docs/policy.md");
+        // The example's opening comment block is about the demo, not the format.
+        let (_, body) = example
+            .split_once("\n\n")
+            .unwrap_or_else(|| panic!("examples/policy.toml has no header block"));
+        assert!(
+            docs.contains(body),
+            "docs/policy.md should contain examples/policy.toml after its header:\n{body}"
+        );
+    }
+
+    #[test]
+    fn line_index() {
+        let lines = LineIndex::new("a\nbc\n\nd");
+        let got: Vec<usize> = (0..7).map(|o| lines.line(o)).collect();
+        assert_eq!(got, [1, 1, 2, 2, 2, 3, 4]);
+    }
+}
