@@ -1,0 +1,323 @@
+//! The `edgeblock` CLI's error paths: each exits non-zero with a message that names the
+//! problem, and leaves the pinned maps exactly as they were.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use edgeblock::lock::Lock;
+use edgeblock_tests::{Bpffs, Netns, edgeblock_bin, require_root};
+
+const GOOD: &str = r#"
+protect = ["192.0.2.0/24"]
+
+[[rule]]
+name = "block-origin"
+action = "drop"
+prefixes = ["203.0.113.0/24", "2001:db8:1::/64"]
+
+[[rule]]
+name = "exception"
+action = "pass"
+prefixes = ["203.0.113.5"]
+"#;
+
+struct Env {
+    bpffs: Bpffs,
+    dir: PathBuf,
+}
+
+impl Env {
+    fn new() -> Self {
+        require_root();
+        let bpffs = Bpffs::new();
+        let dir = bpffs.dir().join("files");
+        std::fs::create_dir_all(&dir).expect("files dir");
+        Self { bpffs, dir }
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, text).expect("write test file");
+        p
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(edgeblock_bin());
+        self.global_args(&mut c);
+        c
+    }
+
+    fn global_args(&self, c: &mut Command) {
+        c.arg("--pin-root").arg(self.bpffs.pin_root());
+        c.arg("--state-dir").arg(self.bpffs.state_dir());
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run edgeblock")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "edgeblock {args:?} failed: {}",
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs and expects failure whose combined output contains every `needle`.
+    fn fails(&self, args: &[&str], needles: &[&str]) {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "edgeblock {args:?} must fail, printed: {}",
+            text(&out)
+        );
+        let all = text(&out);
+        for n in needles {
+            assert!(
+                all.contains(n),
+                "edgeblock {args:?}: output lacks {n:?}:\n{all}"
+            );
+        }
+    }
+
+    /// What the kernel holds: status (generation, hash, entries) and the per-rule table.
+    fn snapshot(&self) -> (serde_json::Value, serde_json::Value) {
+        let mut status: serde_json::Value =
+            serde_json::from_str(&self.ok(&["status", "--json"])).expect("status json");
+        // Memory accounting may move with unrelated allocations; the policy may not.
+        status.as_object_mut().expect("object").remove("maps");
+        status
+            .as_object_mut()
+            .expect("object")
+            .remove("map_memory_bytes");
+        let stats: serde_json::Value =
+            serde_json::from_str(&self.ok(&["stats", "--json"])).expect("stats json");
+        (status, stats["rules"].clone())
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn inspecting_before_anything_is_loaded_says_what_to_do() {
+    let env = Env::new();
+    for verb in [
+        &["status"][..],
+        &["stats"],
+        &["lookup", "192.0.2.1"],
+        &["detach", "lo"],
+    ] {
+        env.fails(verb, &["not loaded", "edgeblock attach"]);
+    }
+}
+
+#[test]
+fn bad_arguments_are_rejected_by_the_parser() {
+    let env = Env::new();
+    env.fails(&["lookup", "not-an-address"], &["invalid"]);
+    env.fails(&["attach"], &["IFACE"]);
+    env.fails(
+        &["apply", "x.toml", "--lock-timeout", "soon"],
+        &["duration"],
+    );
+}
+
+#[test]
+fn invalid_policies_change_nothing() {
+    let env = Env::new();
+    let good = env.file("good.toml", GOOD);
+    env.ok(&["apply", path(&good)]);
+    let before = env.snapshot();
+
+    let bad_cidr = env.file(
+        "bad.toml",
+        &format!(
+            "{GOOD}\n[[rule]]\nname = \"x\"\naction = \"drop\"\nprefixes = [\"198.51.100.7/24\"]\n"
+        ),
+    );
+    env.fails(
+        &["apply", path(&bad_cidr)],
+        &["bad.toml:", "198.51.100.0/24", "nothing was changed"],
+    );
+    env.fails(&["check", path(&bad_cidr)], &["bad.toml:", "host bits"]);
+
+    let dup = env.file("dup.toml", &format!("{GOOD}\n[[rule]]\nname = \"again\"\naction = \"drop\"\nprefixes = [\"203.0.113.0/24\"]\n"));
+    env.fails(
+        &["apply", path(&dup)],
+        &["dup.toml:", "203.0.113.0/24", "block-origin", "again"],
+    );
+
+    let unknown = env.file(
+        "unknown.toml",
+        "[[rule]]\nname = \"x\"\nactoin = \"drop\"\nprefixes = [\"198.51.100.0/24\"]\n",
+    );
+    env.fails(&["apply", path(&unknown)], &["unknown.toml:3", "actoin"]);
+
+    let missing = env.file(
+        "missing.toml",
+        "[[rule]]\nname = \"x\"\naction = \"drop\"\ninclude = [\"nope.netset\"]\n",
+    );
+    env.fails(
+        &["apply", path(&missing)],
+        &["missing.toml:4", "nope.netset"],
+    );
+
+    env.fails(
+        &["apply", path(&env.dir.join("absent.toml"))],
+        &["absent.toml"],
+    );
+
+    let lockout = env.file("lockout.toml", "protect = [\"192.0.2.0/24\"]\n[[rule]]\nname = \"too-wide\"\naction = \"drop\"\nprefixes = [\"192.0.0.0/16\"]\n");
+    env.fails(
+        &["apply", path(&lockout)],
+        &["too-wide", "192.0.2.0/24", "--force", "nothing was changed"],
+    );
+    env.fails(&["apply", path(&lockout), "--dry-run"], &["too-wide"]);
+
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "a refused policy must leave the maps as they were"
+    );
+
+    env.fails(
+        &["attach", "eb-no-such-if0"],
+        &["eb-no-such-if0", "does not exist"],
+    );
+    env.fails(&["detach", "eb-no-such-if0"], &["not attached"]);
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "failed attach/detach must leave the maps as they were"
+    );
+
+    // --force is the way through, and says what it overrides.
+    let out = env.run(&["apply", path(&lockout), "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("warning (--force)"), "{}", text(&out));
+}
+
+#[test]
+fn a_rule_that_would_cut_off_this_host_is_refused() {
+    let env = Env::new();
+    // A namespace whose only address is 198.51.100.1: edgeblock runs inside it and must see
+    // that address as its own.
+    let ns = Netns::new("lock");
+    ns.ip([
+        "link", "add", "ebl0", "type", "veth", "peer", "name", "ebl1",
+    ]);
+    ns.ip(["addr", "add", "198.51.100.1/24", "dev", "ebl0"]);
+    ns.ip(["link", "set", "ebl0", "up"]);
+    let policy = env.file(
+        "local.toml",
+        "[[rule]]\nname = \"cuts-me-off\"\naction = \"drop\"\nprefixes = [\"198.51.100.0/24\"]\n",
+    );
+    let run_in_ns = |args: &[&str]| {
+        let mut c = ns.command(edgeblock_bin());
+        env.global_args(&mut c);
+        c.args(args)
+            .output()
+            .expect("run edgeblock in the namespace")
+    };
+    let out = run_in_ns(&["apply", path(&policy)]);
+    assert!(!out.status.success(), "must refuse: {}", text(&out));
+    assert!(
+        text(&out).contains("cuts-me-off") && text(&out).contains("198.51.100.1"),
+        "{}",
+        text(&out)
+    );
+    let out = run_in_ns(&["check", path(&policy)]);
+    assert!(
+        !out.status.success(),
+        "check predicts the refusal: {}",
+        text(&out)
+    );
+
+    let allowed = env.file("allowed.toml", "[[rule]]\nname = \"cuts-me-off\"\naction = \"drop\"\nallow_local = true\nprefixes = [\"198.51.100.0/24\"]\n");
+    let out = run_in_ns(&["apply", path(&allowed)]);
+    assert!(
+        out.status.success(),
+        "allow_local lets it through: {}",
+        text(&out)
+    );
+    // A pass exception for the host's own address also resolves it.
+    let carved = env.file("carved.toml", "[[rule]]\nname = \"cuts-me-off\"\naction = \"drop\"\nprefixes = [\"198.51.100.0/24\"]\n[[rule]]\nname = \"me\"\naction = \"pass\"\nprefixes = [\"198.51.100.1\"]\n");
+    let out = run_in_ns(&["apply", path(&carved)]);
+    assert!(
+        out.status.success(),
+        "an exception for the host's address resolves it: {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_second_invocation_waits_for_the_lock_then_gives_up_clearly() {
+    let env = Env::new();
+    let good = env.file("good.toml", GOOD);
+    env.ok(&["apply", path(&good)]);
+    let before = env.snapshot();
+    let changed = env.file("changed.toml", &GOOD.replace("203.0.113.5", "203.0.113.6"));
+    let held = Lock::acquire(env.bpffs.state_dir(), Duration::from_secs(1), |_| {}).expect("lock");
+    env.fails(
+        &["apply", path(&changed), "--lock-timeout", "300ms"],
+        &[
+            "waiting for another edgeblock",
+            &format!("pid {}", std::process::id()),
+            "try again",
+        ],
+    );
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "a blocked apply must change nothing"
+    );
+    drop(held);
+    env.ok(&["apply", path(&changed)]);
+    assert_ne!(env.snapshot(), before);
+}
+
+#[test]
+fn dry_run_and_reapply_report_the_difference() {
+    let env = Env::new();
+    let good = env.file("good.toml", GOOD);
+    let out = env.ok(&["apply", path(&good), "--dry-run"]);
+    assert!(out.contains("+3 -0 ~0"), "{out}");
+    env.fails(&["status"], &["not loaded"]);
+    env.ok(&["apply", path(&good)]);
+    let changed = env.file(
+        "changed.toml",
+        &GOOD
+            .replace("\"203.0.113.5\"", "\"203.0.113.6\", \"2001:db8:1::5\"")
+            .replace("\"drop\"", "\"pass\""),
+    );
+    let before = env.snapshot();
+    let out = env.ok(&["apply", path(&changed), "--dry-run"]);
+    assert!(out.contains("+2 -1 ~2"), "{out}");
+    assert!(out.contains("rule ~ block-origin"), "{out}");
+    assert_eq!(env.snapshot(), before, "a dry run touches nothing");
+    let out = env.ok(&["apply", path(&changed)]);
+    assert!(out.contains("+2 -1 ~2"), "{out}");
+    assert!(env.ok(&["apply", path(&changed)]).contains("nothing to do"));
+    let look = env.ok(&["lookup", "203.0.113.6"]);
+    assert!(
+        look.contains("as destination: pass by rule exception (203.0.113.6/32)"),
+        "{look}"
+    );
+}
