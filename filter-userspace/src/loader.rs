@@ -158,7 +158,7 @@ impl Filter {
     }
 
     /// Attach to `iface` and pin the link. Idempotent: an interface already attached is left
-    /// as it is.
+    /// as it is; a pinned link whose interface is gone is replaced.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached, LoaderError> {
         if let Some(existing) = self
             .pins
@@ -168,9 +168,13 @@ impl Filter {
                 source,
             })?
         {
-            return Ok(Attached::Already(existing.mode));
+            if link_is_live(&existing) {
+                return Ok(Attached::Already(existing.mode));
+            }
+            // The interface went away (or was replaced) under the link: the pin is stale.
+            unpin_link(&existing)?;
         }
-        if nix_if_index(iface) == 0 {
+        if if_index(iface) == 0 {
             return Err(LoaderError::NoSuchInterface {
                 iface: iface.into(),
             });
@@ -236,6 +240,73 @@ impl Filter {
     }
 }
 
+/// The ifindex a pinned XDP link runs on, from the kernel: 0 once its interface is gone (a
+/// deleted veth, a renamed or replaced NIC), when the link no longer filters anything.
+pub fn link_ifindex(path: &std::path::Path) -> io::Result<u32> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+    use aya_obj::generated::{bpf_cmd, bpf_link_info};
+
+    // The leading fields of `union bpf_attr` for BPF_OBJ_GET and BPF_OBJ_GET_INFO_BY_FD; the
+    // kernel accepts a shorter attr as long as what it reads is there.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let bpf = |cmd: bpf_cmd, attr: *const libc::c_void, size: usize| {
+        // SAFETY: `attr` points at a live, initialised attr of `size` bytes for `cmd`.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd as libc::c_long, attr, size) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let get = ObjGet {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    let fd = bpf(
+        bpf_cmd::BPF_OBJ_GET,
+        (&raw const get).cast(),
+        size_of::<ObjGet>(),
+    )?;
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: bpf_link_info is plain data; all-zero is a valid value.
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    let attr = InfoByFd {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<bpf_link_info>() as u32,
+        info: (&raw mut info) as u64,
+    };
+    bpf(
+        bpf_cmd::BPF_OBJ_GET_INFO_BY_FD,
+        (&raw const attr).cast(),
+        size_of::<InfoByFd>(),
+    )?;
+    // SAFETY: the kernel filled the union's xdp member: every pin under links/ is an XDP link.
+    Ok(unsafe { info.__bindgen_anon_1.xdp.ifindex })
+}
+
+/// Whether a pinned link still filters `iface`: the kernel's ifindex for the link is the
+/// interface's current one.
+pub fn link_is_live(pin: &LinkPin) -> bool {
+    let current = if_index(&pin.iface);
+    current != 0 && link_ifindex(&pin.path).is_ok_and(|i| i == current)
+}
+
 fn unpin_link(pin: &LinkPin) -> Result<(), LoaderError> {
     let link = PinnedLink::from_pin(&pin.path).map_err(|e| LoaderError::Io {
         path: pin.path.display().to_string(),
@@ -273,7 +344,7 @@ fn remove_if_exists(path: &std::path::Path) -> io::Result<()> {
     }
 }
 
-fn nix_if_index(iface: &str) -> u32 {
+fn if_index(iface: &str) -> u32 {
     let Ok(c) = std::ffi::CString::new(iface) else {
         return 0;
     };

@@ -321,3 +321,48 @@ fn dry_run_and_reapply_report_the_difference() {
         "{look}"
     );
 }
+
+#[test]
+fn a_link_whose_interface_vanished_is_reported_and_replaced_on_attach() {
+    let env = Env::new();
+    let ns = Netns::new("stale");
+    let make_veth = || {
+        ns.ip([
+            "link", "add", "ebs0", "type", "veth", "peer", "name", "ebs1",
+        ]);
+        ns.ip(["link", "set", "ebs0", "up"]);
+        ns.ip(["link", "set", "ebs1", "up"]);
+    };
+    let run_in_ns = |args: &[&str]| {
+        let mut c = ns.command(edgeblock_bin());
+        env.global_args(&mut c);
+        let out = c
+            .args(args)
+            .output()
+            .expect("run edgeblock in the namespace");
+        assert!(out.status.success(), "edgeblock {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let healthy = || {
+        let status: serde_json::Value =
+            serde_json::from_str(&run_in_ns(&["status", "--json"])).expect("status json");
+        assert_eq!(status["interfaces"][0]["name"], "ebs0", "{status}");
+        status["interfaces"][0]["healthy"]
+            .as_bool()
+            .expect("healthy flag")
+    };
+    make_veth();
+    assert!(run_in_ns(&["attach", "ebs0"]).contains("attached to ebs0"));
+    assert!(healthy(), "freshly attached");
+    assert!(run_in_ns(&["attach", "ebs0"]).contains("already attached"));
+    ns.ip(["link", "del", "ebs0"]);
+    assert!(!healthy(), "the interface is gone");
+    make_veth();
+    assert!(
+        !healthy(),
+        "a new interface with the same name is not filtered by the old link"
+    );
+    assert!(run_in_ns(&["attach", "ebs0"]).contains("attached to ebs0 in native mode"));
+    assert!(healthy(), "attach replaced the stale link");
+    assert!(run_in_ns(&["status"]).contains("ebs0 (native mode)"));
+}

@@ -51,8 +51,11 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     }
     let _lock = if args.dry_run { None } else { Some(g.lock()?) };
     let pins = g.pins();
-    let mut filter = if args.dry_run {
-        Filter::open(&pins).ok()
+    // A dry run before anything is loaded diffs against nothing; otherwise it reads the kernel.
+    let mut filter = if args.dry_run && !pins.exists() {
+        None
+    } else if args.dry_run {
+        Some(Filter::open(&pins)?)
     } else {
         Some(
             Filter::load_or_open(&pins)

@@ -1,5 +1,8 @@
 use aya::programs::links::PinnedLink;
-use edgeblock::{compile::hash_hex, loader::Filter};
+use edgeblock::{
+    compile::hash_hex,
+    loader::{Filter, link_is_live},
+};
 use serde::Serialize;
 
 use super::Global;
@@ -61,11 +64,11 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         .links()?
         .into_iter()
         .map(|l| {
-            let healthy = PinnedLink::from_pin(&l.path)
-                .ok()
-                .and_then(|p| aya::programs::links::FdLink::from(p).info().ok())
-                .is_some_and(|info| info.program_id() == program_id)
-                && if_exists(&l.iface);
+            let healthy = link_is_live(&l)
+                && PinnedLink::from_pin(&l.path)
+                    .ok()
+                    .and_then(|p| aya::programs::links::FdLink::from(p).info().ok())
+                    .is_some_and(|info| info.program_id() == program_id);
             Iface {
                 name: l.iface,
                 mode: l.mode.as_str(),
@@ -147,8 +150,4 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         println!("  {:<14} {:>10} KiB", m.name, m.bytes / 1024);
     }
     Ok(())
-}
-
-fn if_exists(iface: &str) -> bool {
-    std::path::Path::new("/sys/class/net").join(iface).exists()
 }
