@@ -408,3 +408,208 @@ pub fn apply(maps: &mut Maps, compiled: &Compiled, now_unix: u64) -> Result<Plan
     }
     Ok(plan)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use filter_common::action;
+
+    use super::*;
+    use crate::{compile::compile, policy};
+
+    fn compiled(text: &str) -> Compiled {
+        let policy = policy::parse(
+            text,
+            Path::new("policy.toml"),
+            jiff::Timestamp::UNIX_EPOCH,
+            |p| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    p.display().to_string(),
+                ))
+            },
+        )
+        .unwrap_or_else(|e| panic!("test policy must be valid:\n{e}"));
+        compile(&policy)
+    }
+
+    /// The live state a plan would leave, as if it had been executed.
+    fn after(plan: &Plan, before: &Live) -> Live {
+        fn table<P: LpmPrefix>(
+            live: &BTreeMap<P, RuleEntry>,
+            d: &TableDiff<P>,
+        ) -> BTreeMap<P, RuleEntry> {
+            let mut t = live.clone();
+            t.extend(d.add.iter().copied());
+            t.extend(d.change.iter().map(|(p, _, e)| (*p, *e)));
+            for (p, _) in &d.remove {
+                t.remove(p);
+            }
+            t
+        }
+        let mut metas = before.metas.clone();
+        for id in &plan.freed {
+            metas.remove(id);
+        }
+        metas.extend(plan.metas.iter().copied());
+        Live {
+            config: plan.config,
+            metas,
+            dst_v4: table(&before.dst_v4, &plan.dst_v4),
+            src_v4: table(&before.src_v4, &plan.src_v4),
+            dst_v6: table(&before.dst_v6, &plan.dst_v6),
+            src_v6: table(&before.src_v6, &plan.src_v6),
+        }
+    }
+
+    const A: &str = r#"
+[[rule]]
+name = "block"
+action = "drop"
+prefixes = ["203.0.113.0/24", "2001:db8:1::/64"]
+[[rule]]
+name = "exception"
+action = "pass"
+prefixes = ["203.0.113.5"]
+[[rule]]
+name = "from"
+direction = "src"
+action = "drop"
+prefixes = ["198.51.100.0/24"]
+"#;
+
+    #[test]
+    fn first_apply_adds_everything_with_fresh_ids() {
+        let plan = Plan::new(&compiled(A), &Live::empty(), 7).expect("plan");
+        assert_eq!(plan.counts(), (4, 0, 0));
+        assert_eq!(plan.rules_added, ["block", "exception", "from"]);
+        assert_eq!(plan.new_ids, [0, 1, 2]);
+        assert_eq!(plan.config.generation, 1);
+        assert_eq!(plan.config.applied_unix, 7);
+        let e = plan
+            .dst_v4
+            .add
+            .iter()
+            .find(|(p, _)| p.to_string() == "203.0.113.5/32");
+        assert_eq!(e.map(|(_, e)| *e), Some(RuleEntry::new(1, action::PASS)));
+        assert_eq!(plan.src_v4.add.len(), 1);
+        assert_eq!(plan.dst_v6.add.len(), 1);
+    }
+
+    #[test]
+    fn reapplying_the_same_policy_is_a_noop() {
+        let c = compiled(A);
+        let live = after(
+            &Plan::new(&c, &Live::empty(), 1).expect("plan"),
+            &Live::empty(),
+        );
+        let again = Plan::new(&c, &live, 2).expect("plan");
+        assert_eq!(again.counts(), (0, 0, 0));
+        assert!(again.is_noop(&live));
+        assert!(again.new_ids.is_empty() && again.freed.is_empty());
+    }
+
+    #[test]
+    fn ids_follow_rule_names_and_freed_ids_are_not_reused_while_referenced() {
+        let live = after(
+            &Plan::new(&compiled(A), &Live::empty(), 1).expect("plan"),
+            &Live::empty(),
+        );
+        // "exception" goes, "new" arrives, "block" moves to the end and changes action.
+        let b = r#"
+[[rule]]
+name = "from"
+direction = "src"
+action = "drop"
+prefixes = ["198.51.100.0/24"]
+[[rule]]
+name = "new"
+action = "drop"
+prefixes = ["233.252.0.0/24"]
+[[rule]]
+name = "block"
+action = "pass"
+prefixes = ["203.0.113.0/24"]
+"#;
+        let plan = Plan::new(&compiled(b), &live, 2).expect("plan");
+        let ids: BTreeMap<String, u32> = plan
+            .metas
+            .iter()
+            .map(|(id, m)| (decode_name(&m.name), *id))
+            .collect();
+        assert_eq!(ids["from"], 2, "kept rules keep their ids");
+        assert_eq!(ids["block"], 0, "kept rules keep their ids");
+        assert_eq!(
+            ids["new"], 3,
+            "id 1 still has entries in the live tables until deleted"
+        );
+        assert_eq!(plan.freed, [1]);
+        assert_eq!(plan.rules_removed, ["exception"]);
+        assert_eq!(plan.rules_changed, ["block"]);
+        assert_eq!(plan.rules_added, ["new"]);
+        // +233.252.0.0/24, -203.0.113.5/32, -2001:db8:1::/64, ~203.0.113.0/24 (drop -> pass)
+        assert_eq!(plan.counts(), (1, 2, 1));
+        let end = after(&plan, &live);
+        assert_eq!(
+            Plan::new(&compiled(b), &end, 3).expect("plan").counts(),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn an_interrupted_apply_converges() {
+        // Half of a plan written (inserts done, deletes not, config not), then apply again.
+        let live = after(
+            &Plan::new(&compiled(A), &Live::empty(), 1).expect("plan"),
+            &Live::empty(),
+        );
+        let b = compiled(
+            "[[rule]]\nname = \"other\"\naction = \"drop\"\nprefixes = [\"233.252.0.0/24\"]\n",
+        );
+        let plan = Plan::new(&b, &live, 2).expect("plan");
+        let mut half = after(&plan, &live);
+        half.dst_v4.extend(plan.dst_v4.remove.iter().copied());
+        half.src_v4.extend(plan.src_v4.remove.iter().copied());
+        half.dst_v6.extend(plan.dst_v6.remove.iter().copied());
+        half.metas = live.metas.clone();
+        half.metas.extend(plan.metas.iter().copied());
+        half.config = live.config;
+        let retry = Plan::new(&b, &half, 3).expect("plan");
+        assert_eq!(
+            retry.counts(),
+            (0, 4, 0),
+            "the retry deletes what the first run left"
+        );
+        let end = after(&retry, &half);
+        assert_eq!(end.dst_v4.len(), 1);
+        assert!(end.src_v4.is_empty() && end.dst_v6.is_empty());
+        assert_eq!(end.metas.len(), 1);
+        assert_eq!(Plan::new(&b, &end, 4).expect("plan").counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn too_many_rules_is_an_error_before_anything_is_written() {
+        let mut live = Live::empty();
+        for id in 0..MAX_RULES {
+            let meta = RuleMeta {
+                name: encode_name(&format!("r{id}")),
+                in_use: 1,
+                ..RuleMeta::default()
+            };
+            live.metas.insert(id, meta);
+        }
+        let err = Plan::new(&compiled(A), &live, 1).err().expect("no id left");
+        assert!(matches!(err, ApplyError::TooManyRules { .. }), "{err}");
+    }
+
+    #[test]
+    fn details_name_rules_and_actions() {
+        let plan = Plan::new(&compiled(A), &Live::empty(), 1).expect("plan");
+        let mut out = String::new();
+        plan.write_details(&mut out, 1).expect("format");
+        assert!(out.contains("  rule + block"), "{out}");
+        assert!(out.contains("+ 203.0.113.0/24 drop (block)"), "{out}");
+        assert!(out.contains("... and 1 more in EB_DST_V4"), "{out}");
+    }
+}

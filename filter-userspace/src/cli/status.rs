@@ -145,9 +145,17 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         "entries:    dst v4 {}, src v4 {}, dst v6 {}, src v6 {} ({} rules)",
         e.dst_v4, e.src_v4, e.dst_v6, e.src_v6, status.rules
     );
-    println!("map memory: {} KiB", status.map_memory_bytes / 1024);
+    println!("map memory: {}", human(status.map_memory_bytes));
     for m in &status.maps {
-        println!("  {:<14} {:>10} KiB", m.name, m.bytes / 1024);
+        println!("  {:<14} {:>10}", m.name, human(m.bytes));
     }
     Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b < 1024 => format!("{b} B"),
+        b if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+    }
 }
