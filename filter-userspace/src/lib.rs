@@ -1,6 +1,7 @@
 //! edgeblock's userspace library: policy parsing and validation (`policy`), compilation to map
 //! contents (`compile`), lockout protection (`lockout`), the pinned program and maps (`pins`,
-//! `loader`, `maps`), applying a policy without a gap (`apply`) and the invocation lock (`lock`).
+//! `loader`, `maps`), applying a policy without a gap (`apply`), the invocation lock (`lock`) and
+//! the reference matcher that the differential tests hold the XDP program to (`reference`).
 
 pub mod apply;
 pub mod compile;
@@ -10,3 +11,4 @@ pub mod lockout;
 pub mod maps;
 pub mod pins;
 pub mod policy;
+pub mod reference;

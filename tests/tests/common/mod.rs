@@ -1,0 +1,173 @@
+//! The real XDP program under BPF_PROG_TEST_RUN, shared by the fixture table and the
+//! differential test: load it once on a private bpffs, apply policies given as TOML text, run a
+//! frame (repeat = 1) and report its verdict and every counter it moved.
+// Each test binary compiles this module and uses a different part of it.
+#![allow(
+    dead_code,
+    reason = "each test binary that includes it uses a different part"
+)]
+
+use std::{collections::BTreeMap, fmt, path::Path};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use edgeblock::{
+    apply::apply,
+    compile::{Compiled, compile},
+    loader::Filter,
+    maps::decode_name,
+    pins::Pins,
+    policy,
+};
+use edgeblock_tests::{Bpffs, require_root};
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// Parses policy text; includes are not available to these tests.
+pub fn parse_policy(text: &str, name: &str) -> policy::Policy {
+    let now = "2026-06-01T00:00:00Z".parse().expect("test timestamp");
+    policy::parse(text, Path::new(name), now, |p| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("these tests have no include {}", p.display()),
+        ))
+    })
+    .unwrap_or_else(|e| panic!("the test policy must be valid:\n{e}\n--- policy:\n{text}"))
+}
+
+/// What a frame did: the verdict and every counter that moved.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Effect {
+    pub verdict: u32,
+    /// Counter name ("rule NAME", "drop", "no_match", ...) -> (packets, bytes) it moved by.
+    pub moved: BTreeMap<String, (u64, u64)>,
+}
+
+impl Effect {
+    /// `verdict`, with each named counter moved by one `len`-byte frame.
+    pub fn new(verdict: u32, counters: &[&str], len: usize) -> Self {
+        let moved = counters
+            .iter()
+            .map(|c| ((*c).to_owned(), (1, len as u64)))
+            .collect();
+        Self { verdict, moved }
+    }
+}
+
+impl fmt::Display for Effect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = match self.verdict {
+            XDP_ABORTED => "XDP_ABORTED",
+            XDP_DROP => "XDP_DROP",
+            XDP_PASS => "XDP_PASS",
+            _ => "XDP_?",
+        };
+        write!(f, "{verdict} ({}); counters moved:", self.verdict)?;
+        if self.moved.is_empty() {
+            f.write_str(" none")?;
+        }
+        for (name, (packets, bytes)) in &self.moved {
+            write!(f, " [{name} +{packets}/{bytes}B]")?;
+        }
+        Ok(())
+    }
+}
+
+pub struct Harness {
+    pub filter: Filter,
+    /// Rule ids in use after the last apply, with their names.
+    rules: Vec<(u32, String)>,
+    // Last: unmounting the bpffs releases the pinned program and maps.
+    _bpffs: Bpffs,
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        require_root();
+        let bpffs = Bpffs::new();
+        let filter = Filter::load_or_open(&Pins::new(bpffs.pin_root()))
+            .unwrap_or_else(|e| panic!("cannot load the XDP program and its maps: {e}"));
+        Self {
+            filter,
+            rules: Vec::new(),
+            _bpffs: bpffs,
+        }
+    }
+
+    pub fn apply(&mut self, text: &str) -> Compiled {
+        let compiled = compile(&parse_policy(text, "test.toml"));
+        apply(&mut self.filter.maps, &compiled, 1)
+            .unwrap_or_else(|e| panic!("cannot apply the policy: {e}\n--- policy:\n{text}"));
+        self.rules = self
+            .filter
+            .maps
+            .rule_metas()
+            .unwrap_or_else(|e| panic!("cannot read the rule table: {e}"))
+            .into_iter()
+            .map(|(id, meta)| (id, decode_name(&meta.name)))
+            .collect();
+        compiled
+    }
+
+    pub fn counters(&self) -> BTreeMap<String, (u64, u64)> {
+        let maps = &self.filter.maps;
+        let g = maps
+            .global_stats()
+            .unwrap_or_else(|e| panic!("cannot read the global counters: {e}"));
+        let mut out: BTreeMap<String, (u64, u64)> = [
+            ("pass", g.pass),
+            ("drop", g.drop),
+            ("redirect", g.redirect),
+            ("reject", g.reject),
+            ("no_match", g.no_match),
+            ("non_ip", g.non_ip),
+            ("malformed", g.malformed),
+            ("malformed_dropped", g.malformed_dropped),
+        ]
+        .into_iter()
+        .map(|(name, c)| (name.to_owned(), (c.packets, c.bytes)))
+        .collect();
+        for (id, name) in &self.rules {
+            let c = maps
+                .rule_counter(*id)
+                .unwrap_or_else(|e| panic!("cannot read the counter of rule {name}: {e}"));
+            out.insert(format!("rule {name}"), (c.packets, c.bytes));
+        }
+        out
+    }
+
+    /// The program's verdict for one frame.
+    pub fn verdict(&self, frame: &[u8]) -> u32 {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        self.filter
+            .program()
+            .test_run(opts)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "BPF_PROG_TEST_RUN failed for a {}-byte frame: {e}",
+                    frame.len()
+                )
+            })
+            .return_value
+    }
+
+    /// The verdict and the counters one frame moved.
+    pub fn run(&self, frame: &[u8]) -> Effect {
+        let before = self.counters();
+        let verdict = self.verdict(frame);
+        let moved = self
+            .counters()
+            .into_iter()
+            .filter_map(|(name, (p1, b1))| {
+                let (p0, b0) = before.get(&name).copied().unwrap_or_default();
+                ((p1, b1) != (p0, b0)).then(|| (name, (p1.wrapping_sub(p0), b1.wrapping_sub(b0))))
+            })
+            .collect();
+        Effect { verdict, moved }
+    }
+}
