@@ -13,9 +13,9 @@ pub mod action {
     pub const PASS: u8 = 0;
     /// Drop silently.
     pub const DROP: u8 = 1;
-    /// Send to a notice server (reserved: issue "redirect/reject").
+    /// Send to a notice server (XDP_REDIRECT out of the notice target's interface).
     pub const REDIRECT: u8 = 2;
-    /// Answer with TCP RST / ICMP unreachable (reserved: issue "redirect/reject").
+    /// Answer with TCP RST / ICMP unreachable (XDP_TX), rate-limited.
     pub const REJECT: u8 = 3;
     /// Number of actions; per-action counters are indexed by the action value.
     pub const COUNT: u32 = 4;
@@ -35,15 +35,25 @@ pub mod stat {
     pub const MALFORMED: u32 = action::COUNT + 2;
     /// Malformed frames that were dropped (a subset of `MALFORMED`).
     pub const MALFORMED_DROPPED: u32 = action::COUNT + 3;
+    /// `reject` matches dropped without a reply: past the rate limit, or never answered (ICMP
+    /// errors, TCP resets, broadcast/multicast sources, non-first fragments).
+    pub const REJECT_UNANSWERED: u32 = action::COUNT + 4;
+    /// `redirect` matches dropped because the notice target was missing or the redirect failed.
+    pub const REDIRECT_FAILED: u32 = action::COUNT + 5;
     /// Length of the stats array.
-    pub const LEN: u32 = action::COUNT + 4;
+    pub const LEN: u32 = action::COUNT + 6;
+}
+
+/// `RuleEntry::flags` bits.
+pub mod rule_flags {
+    /// redirect rule: TCP to port 443 is rejected (a reset) instead of redirected.
+    pub const HTTPS_REJECT: u8 = 1;
 }
 
 /// The value stored for every prefix in the address tables.
 ///
-/// `rule_id` indexes the per-rule counters and the rule metadata table. `flags` and `target`
-/// are there so later actions (a shadow flag, a redirect target or a reject mode) fit without
-/// changing the map format.
+/// `rule_id` indexes the per-rule counters and the rule metadata table; `flags` holds
+/// [`rule_flags`]; `target` is the notice target (index into `EB_NOTICE`) of a redirect rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RuleEntry {
@@ -97,8 +107,13 @@ pub struct Config {
     pub applied_unix: u64,
     /// SHA-256 of the compiled policy (rules and prefixes in canonical order).
     pub policy_hash: [u8; 32],
+    /// Reject rate limit, a token bucket per CPU counted in nanoseconds of credit: one reply
+    /// costs `reject_cost_ns` (1e9 / replies per second); the bucket holds at most
+    /// `reject_capacity_ns` (burst x cost). Zero cost: never answer.
+    pub reject_cost_ns: u64,
+    pub reject_capacity_ns: u64,
 }
-const _: () = assert!(size_of::<Config>() == 56);
+const _: () = assert!(size_of::<Config>() == 72);
 
 impl Default for Config {
     fn default() -> Self {
@@ -108,6 +123,8 @@ impl Default for Config {
             generation: 0,
             applied_unix: 0,
             policy_hash: [0; 32],
+            reject_cost_ns: 0,
+            reject_capacity_ns: 0,
         }
     }
 }
@@ -146,6 +163,34 @@ impl Default for RuleMeta {
     }
 }
 
+/// Where a redirect rule sends traffic: entry `target` of `EB_NOTICE` (the devmap
+/// `EB_NOTICE_DEV` holds the same ifindex at the same index).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoticeTarget {
+    /// Egress interface; 0 when the slot is unused.
+    pub ifindex: u32,
+    /// The next hop's MAC (the notice server, or the router in front of it).
+    pub dst_mac: [u8; 6],
+    /// The egress interface's MAC.
+    pub src_mac: [u8; 6],
+}
+const _: () = assert!(size_of::<NoticeTarget>() == 16);
+
+/// Notice targets available (size of `EB_NOTICE` and `EB_NOTICE_DEV`).
+pub const MAX_NOTICE_TARGETS: u32 = 64;
+
+/// The per-CPU reject token bucket (entry 0 of `EB_REJECT_TB`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// Credit in nanoseconds.
+    pub tokens: u64,
+    /// `bpf_ktime_get_ns` of the last refill.
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<TokenBucket>() == 16);
+
 /// Which address of the packet a rule matches.
 pub mod direction {
     pub const DST: u8 = 0;
@@ -168,6 +213,9 @@ pub mod maps {
     pub const RULE_STATS: &str = "EB_RULE_STATS";
     pub const STATS: &str = "EB_STATS";
     pub const CONFIG: &str = "EB_CONFIG";
+    pub const NOTICE: &str = "EB_NOTICE";
+    pub const NOTICE_DEV: &str = "EB_NOTICE_DEV";
+    pub const REJECT_TB: &str = "EB_REJECT_TB";
     /// Created by userspace; the program never reads it.
     pub const RULES: &str = "EB_RULES";
 }
@@ -180,4 +228,6 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::RuleMeta {}
+    unsafe impl aya::Pod for super::NoticeTarget {}
+    unsafe impl aya::Pod for super::TokenBucket {}
 }

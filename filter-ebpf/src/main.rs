@@ -8,17 +8,21 @@
 
 mod lookup;
 mod parse;
+mod redirect;
+mod reply;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
+    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     helpers::generated::bpf_xdp_get_buff_len,
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use filter_common::{Config, Counter, MAX_RULES, RuleEntry, action, malformed, stat};
+use filter_common::{
+    Config, Counter, MAX_RULES, RuleEntry, TokenBucket, action, malformed, rule_flags, stat,
+};
 
-use crate::parse::{Addrs, ParseError};
+use crate::parse::{Addrs, Packet, ParseError, ptr_at};
 
 /// Per-rule packets/bytes, indexed by `RuleEntry::rule_id`.
 #[map(name = "EB_RULE_STATS")]
@@ -32,6 +36,10 @@ static EB_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(stat::LEN,
 #[map(name = "EB_CONFIG")]
 static EB_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
+/// Entry 0: this CPU's reject token bucket.
+#[map(name = "EB_REJECT_TB")]
+static EB_REJECT_TB: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+
 /// What the entry point does with a frame, decided by `try_filter`.
 enum Outcome {
     /// Not IPv4/IPv6: ARP, LLDP, ...
@@ -39,7 +47,7 @@ enum Outcome {
     /// IP, no rule matched either address.
     NoMatch,
     /// A rule decided.
-    Rule(&'static RuleEntry),
+    Rule(&'static RuleEntry, Packet),
 }
 
 // `frags`: the program copes with multi-buffer frames (it only reads headers from the linear
@@ -55,13 +63,27 @@ pub fn edgeblock(ctx: XdpContext) -> u32 {
             count(&EB_STATS, stat::NO_MATCH, &ctx);
             XDP_PASS
         }
-        Ok(Outcome::Rule(entry)) => {
+        Ok(Outcome::Rule(entry, pkt)) => {
+            // Counted before any rewrite, so bytes are those of the packet as it arrived.
             count(&EB_RULE_STATS, entry.rule_id, &ctx);
             count(&EB_STATS, u32::from(entry.action), &ctx);
             match entry.action {
                 action::PASS => XDP_PASS,
                 action::DROP => XDP_DROP,
-                // Userspace never writes another action yet: a value we do not know is a bug,
+                action::REJECT => reject(&ctx, &pkt),
+                action::REDIRECT
+                    if entry.flags & rule_flags::HTTPS_REJECT != 0 && is_https(&ctx, &pkt) =>
+                {
+                    reject(&ctx, &pkt)
+                }
+                action::REDIRECT => match redirect::redirect(&ctx, &pkt, entry.target) {
+                    Some(verdict) => verdict,
+                    None => {
+                        count(&EB_STATS, stat::REDIRECT_FAILED, &ctx);
+                        XDP_DROP
+                    }
+                },
+                // Userspace never writes another action: a value we do not know is a bug,
                 // made visible through the xdp:xdp_exception tracepoint.
                 _ => XDP_ABORTED,
             }
@@ -84,12 +106,46 @@ pub fn edgeblock(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_filter(ctx: &XdpContext) -> Result<Outcome, ParseError> {
-    let entry = match parse::addresses(ctx)? {
+    let pkt = parse::packet(ctx)?;
+    let entry = match &pkt.addrs {
         Addrs::NonIp => return Ok(Outcome::NonIp),
-        Addrs::V4 { src, dst } => lookup::decide_v4(src, dst),
-        Addrs::V6 { src, dst } => lookup::decide_v6(&src, &dst),
+        Addrs::V4 { src, dst } => lookup::decide_v4(*src, *dst),
+        Addrs::V6 { src, dst } => lookup::decide_v6(src, dst),
     };
-    Ok(entry.map_or(Outcome::NoMatch, Outcome::Rule))
+    Ok(match entry {
+        Some(e) => Outcome::Rule(e, pkt),
+        None => Outcome::NoMatch,
+    })
+}
+
+/// Answer the packet (TCP reset, ICMP unreachable) if it may be answered and the rate limit
+/// allows; otherwise drop it.
+#[inline(always)]
+fn reject(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    let answered = reply::answerable(ctx, pkt).is_ok()
+        && reply::allow(EB_CONFIG.get(0), EB_REJECT_TB.get_ptr_mut(0))
+        && reply::build(ctx, pkt).is_ok();
+    if answered {
+        XDP_TX
+    } else {
+        count(&EB_STATS, stat::REJECT_UNANSWERED, ctx);
+        XDP_DROP
+    }
+}
+
+/// TCP to port 443, for redirect rules that reject HTTPS.
+#[inline(always)]
+fn is_https(ctx: &XdpContext, pkt: &Packet) -> bool {
+    const IPPROTO_TCP: u8 = 6;
+    // A later fragment (L4_NONE) has no ports: it goes to the notice server like the rest.
+    if pkt.l4_proto != IPPROTO_TCP {
+        return false;
+    }
+    ptr_at::<[u8; 4]>(ctx, pkt.l4_off).is_ok_and(|ports| {
+        // SAFETY: checked by ptr_at.
+        let ports = unsafe { ports.read_unaligned() };
+        ports[2..4] == 443u16.to_be_bytes()
+    })
 }
 
 #[inline(always)]

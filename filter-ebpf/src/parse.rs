@@ -21,6 +21,25 @@ pub enum Addrs {
     V6 { src: [u8; 16], dst: [u8; 16] },
 }
 
+/// `Packet::l4_proto` when the upper-layer header is not in this packet (a non-first
+/// fragment, or not IP). 255 is IANA-reserved, so no real header carries it.
+pub const L4_NONE: u8 = 255;
+
+/// What the reply builders need besides the addresses. Every field is always set: a struct
+/// with undefined parts can be spilled from a clobbered register, which the verifier rejects.
+pub struct Packet {
+    pub addrs: Addrs,
+    /// Offset of the IP header: 14 plus 4 per VLAN tag.
+    pub l3_off: usize,
+    /// Offset of the upper-layer header; meaningful when `l4_proto != L4_NONE`.
+    pub l4_off: usize,
+    pub l4_proto: u8,
+    /// The IP datagram's length as its header states it (IPv6: 40 + payload length).
+    pub ip_len: usize,
+    /// A fragment other than the first: it carries no upper-layer header.
+    pub later_fragment: bool,
+}
+
 const ETH_P_IP: [u8; 2] = [0x08, 0x00];
 const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];
@@ -105,7 +124,7 @@ impl<'a> Cursor<'a> {
     /// A pointer to a `T` at the cursor, after checking that all of it lies in the packet.
     #[inline(always)]
     fn peek<T>(&self) -> Result<*const T, ParseError> {
-        ptr_at(self.ctx, self.off)
+        Ok(ptr_at::<T>(self.ctx, self.off)?.cast_const())
     }
 
     /// `peek`, then move past the `T`.
@@ -136,19 +155,20 @@ impl<'a> Cursor<'a> {
 }
 
 /// The single bounds-checked accessor: `offset..offset + size_of::<T>()` must lie within
-/// `data..data_end`, which is also what the verifier needs to see.
+/// `data..data_end`, which is also what the verifier needs to see. The reply builders use it
+/// too, after every head or tail adjustment (which invalidates earlier checks).
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ParseError> {
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ParseError> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
         return Err(ParseError::Malformed);
     }
-    Ok((start + offset) as *const T)
+    Ok((start + offset) as *mut T)
 }
 
 #[inline(always)]
-pub fn addresses(ctx: &XdpContext) -> Result<Addrs, ParseError> {
+pub fn packet(ctx: &XdpContext) -> Result<Packet, ParseError> {
     let mut c = Cursor::new(ctx);
     let eth: *const EthHdr = c.take()?;
     // SAFETY: `take` checked that the whole header lies in the packet.
@@ -165,16 +185,32 @@ pub fn addresses(ctx: &XdpContext) -> Result<Addrs, ParseError> {
         ETH_P_IP => ipv4(&mut c),
         ETH_P_IPV6 => ipv6(&mut c),
         ETH_P_8021Q | ETH_P_8021AD => Err(ParseError::Malformed),
-        _ => Ok(Addrs::NonIp),
+        _ => Ok(Packet {
+            addrs: Addrs::NonIp,
+            l3_off: c.off,
+            l4_off: 0,
+            l4_proto: L4_NONE,
+            ip_len: 0,
+            later_fragment: false,
+        }),
     }
 }
 
 #[inline(always)]
-fn ipv4(c: &mut Cursor<'_>) -> Result<Addrs, ParseError> {
+fn ipv4(c: &mut Cursor<'_>) -> Result<Packet, ParseError> {
+    let l3_off = c.off;
     let ip: *const Ipv4Hdr = c.peek()?;
     // SAFETY: `peek` checked that the fixed 20-byte header lies in the packet.
-    let (version_ihl, tot_len, src, dst) =
-        unsafe { ((*ip).version_ihl, (*ip).tot_len, (*ip).src, (*ip).dst) };
+    let (version_ihl, tot_len, frag_off, proto, src, dst) = unsafe {
+        (
+            (*ip).version_ihl,
+            (*ip).tot_len,
+            (*ip).frag_off,
+            (*ip).proto,
+            (*ip).src,
+            (*ip).dst,
+        )
+    };
     if version_ihl >> 4 != 4 {
         return Err(ParseError::Malformed);
     }
@@ -190,11 +226,20 @@ fn ipv4(c: &mut Cursor<'_>) -> Result<Addrs, ParseError> {
     }
     // Options included: the whole header must be present.
     c.skip(ihl)?;
-    Ok(Addrs::V4 { src, dst })
+    let later_fragment = u16::from_be_bytes(frag_off) & 0x1fff != 0;
+    Ok(Packet {
+        addrs: Addrs::V4 { src, dst },
+        l3_off,
+        l4_off: c.off,
+        l4_proto: if later_fragment { L4_NONE } else { proto },
+        ip_len: tot_len,
+        later_fragment,
+    })
 }
 
 #[inline(always)]
-fn ipv6(c: &mut Cursor<'_>) -> Result<Addrs, ParseError> {
+fn ipv6(c: &mut Cursor<'_>) -> Result<Packet, ParseError> {
+    let l3_off = c.off;
     let ip: *const Ipv6Hdr = c.take()?;
     // SAFETY: `take` checked that the 40-byte header lies in the packet.
     let (vtc, payload_len, mut next, src, dst) = unsafe {
@@ -214,7 +259,14 @@ fn ipv6(c: &mut Cursor<'_>) -> Result<Addrs, ParseError> {
     if payload_len > c.remaining_total() {
         return Err(ParseError::Malformed);
     }
-    let addrs = Addrs::V6 { src, dst };
+    let packet = |l4_off: usize, l4_proto: u8, later_fragment: bool| Packet {
+        addrs: Addrs::V6 { src, dst },
+        l3_off,
+        l4_off,
+        l4_proto,
+        ip_len: size_of::<Ipv6Hdr>() + payload_len,
+        later_fragment,
+    };
     for _ in 0..MAX_EXT_HDRS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
@@ -236,17 +288,17 @@ fn ipv6(c: &mut Cursor<'_>) -> Result<Addrs, ParseError> {
                 // A non-first fragment carries no upper-layer header; its addresses are all
                 // we need, and they are in the fixed header.
                 if u16::from_be_bytes(frag_off) & 0xfff8 != 0 {
-                    return Ok(addrs);
+                    return Ok(packet(0, L4_NONE, true));
                 }
                 next = nh;
             }
-            _ => return Ok(addrs),
+            _ => return Ok(packet(c.off, next, false)),
         }
     }
     match next {
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
             Err(ParseError::Malformed)
         }
-        _ => Ok(addrs),
+        _ => Ok(packet(c.off, next, false)),
     }
 }

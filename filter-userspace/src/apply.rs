@@ -12,7 +12,7 @@ use std::{
     fmt,
 };
 
-use filter_common::{Config, MAX_RULES, RuleEntry, RuleMeta};
+use filter_common::{Config, MAX_NOTICE_TARGETS, MAX_RULES, NoticeTarget, RuleEntry, RuleMeta};
 use ipnet::{Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
@@ -27,6 +27,12 @@ pub enum ApplyError {
     Maps(#[from] MapsError),
     #[error("the policy has {rules} rules but only {max} rule ids exist")]
     TooManyRules { rules: usize, max: u32 },
+    #[error("{resolved} notice targets resolved for {needed} in the policy (at most {max})")]
+    NoticeTargets {
+        resolved: usize,
+        needed: usize,
+        max: u32,
+    },
     #[error("table {table} would need {needed} entries but holds at most {capacity}")]
     Capacity {
         table: &'static str,
@@ -39,6 +45,8 @@ pub enum ApplyError {
 pub struct Live {
     pub config: Config,
     pub metas: BTreeMap<u32, RuleMeta>,
+    /// Every notice target slot.
+    pub notices: Vec<NoticeTarget>,
     pub dst_v4: BTreeMap<Ipv4Net, RuleEntry>,
     pub src_v4: BTreeMap<Ipv4Net, RuleEntry>,
     pub dst_v6: BTreeMap<Ipv6Net, RuleEntry>,
@@ -50,6 +58,7 @@ impl Live {
         Ok(Self {
             config: maps.config()?,
             metas: maps.rule_metas()?,
+            notices: maps.notice_targets()?,
             dst_v4: maps.dst_v4.entries()?,
             src_v4: maps.src_v4.entries()?,
             dst_v6: maps.dst_v6.entries()?,
@@ -62,6 +71,7 @@ impl Live {
         Self {
             config: Config::default(),
             metas: BTreeMap::new(),
+            notices: vec![NoticeTarget::default(); MAX_NOTICE_TARGETS as usize],
             dst_v4: BTreeMap::new(),
             src_v4: BTreeMap::new(),
             dst_v6: BTreeMap::new(),
@@ -166,13 +176,31 @@ pub struct Plan {
     pub src_v4: TableDiff<Ipv4Net>,
     pub dst_v6: TableDiff<Ipv6Net>,
     pub src_v6: TableDiff<Ipv6Net>,
+    /// Every notice target slot as it must be (resolved targets first, then unused slots).
+    pub notices: Vec<NoticeTarget>,
     pub config: Config,
     /// Name of each rule id, old and new, for printing.
     names: BTreeMap<u32, String>,
 }
 
 impl Plan {
-    pub fn new(compiled: &Compiled, live: &Live, now_unix: u64) -> Result<Self, ApplyError> {
+    /// `targets[i]` is `compiled.notices[i]` resolved to an interface and MACs
+    /// (`neigh::resolve`); the caller resolves them before planning.
+    pub fn new(
+        compiled: &Compiled,
+        live: &Live,
+        targets: &[NoticeTarget],
+        now_unix: u64,
+    ) -> Result<Self, ApplyError> {
+        if targets.len() != compiled.notices.len() || targets.len() > MAX_NOTICE_TARGETS as usize {
+            return Err(ApplyError::NoticeTargets {
+                resolved: targets.len(),
+                needed: compiled.notices.len(),
+                max: MAX_NOTICE_TARGETS,
+            });
+        }
+        let mut notices = targets.to_vec();
+        notices.resize(MAX_NOTICE_TARGETS as usize, NoticeTarget::default());
         let by_name: BTreeMap<String, u32> = live
             .metas
             .iter()
@@ -247,7 +275,16 @@ impl Plan {
         ) -> BTreeMap<P, RuleEntry> {
             table
                 .iter()
-                .map(|(p, &i)| (*p, RuleEntry::new(ids[i], compiled.rules[i].action)))
+                .map(|(p, &i)| {
+                    let rule = &compiled.rules[i];
+                    let entry = RuleEntry {
+                        rule_id: ids[i],
+                        action: rule.action,
+                        flags: rule.flags,
+                        target: rule.target,
+                    };
+                    (*p, entry)
+                })
                 .collect()
         }
         let t = &compiled.tables;
@@ -262,6 +299,9 @@ impl Plan {
         config.policy_hash = compiled.hash;
         config.applied_unix = now_unix;
         config.generation = live.config.generation + 1;
+        let cost = 1_000_000_000 / u64::from(compiled.reject_rate.max(1));
+        config.reject_cost_ns = cost;
+        config.reject_capacity_ns = cost * u64::from(compiled.reject_burst.max(1));
 
         Ok(Self {
             metas,
@@ -274,6 +314,7 @@ impl Plan {
             src_v4,
             dst_v6,
             src_v6,
+            notices,
             config,
             names,
         })
@@ -304,6 +345,9 @@ impl Plan {
             && self.rules_changed.is_empty()
             && live.config.policy_hash == self.config.policy_hash
             && live.config.malformed_action == self.config.malformed_action
+            && live.config.reject_cost_ns == self.config.reject_cost_ns
+            && live.config.reject_capacity_ns == self.config.reject_capacity_ns
+            && live.notices == self.notices
     }
 
     fn check_capacity(&self, maps: &Maps) -> Result<(), ApplyError> {
@@ -322,6 +366,21 @@ impl Plan {
         for (id, meta) in &self.metas {
             maps.set_rule_meta(*id, meta)?;
         }
+        // Targets before the entries that point at them; slots falling out of use after the
+        // entries that pointed at them are gone.
+        let live_notices = maps.notice_targets()?;
+        for (i, (want, have)) in self.notices.iter().zip(&live_notices).enumerate() {
+            if want.ifindex != 0 && want != have {
+                maps.set_notice_target(i as u32, want)?;
+            }
+        }
+        // The reject limits before any reject entry can use them.
+        if self.config.reject_cost_ns != maps.config()?.reject_cost_ns {
+            let mut c = maps.config()?;
+            c.reject_cost_ns = self.config.reject_cost_ns;
+            c.reject_capacity_ns = self.config.reject_capacity_ns;
+            maps.set_config(&c)?;
+        }
         self.dst_v4.write(&mut maps.dst_v4)?;
         self.src_v4.write(&mut maps.src_v4)?;
         self.dst_v6.write(&mut maps.dst_v6)?;
@@ -332,6 +391,11 @@ impl Plan {
         self.src_v6.delete(&mut maps.src_v6)?;
         for id in &self.freed {
             maps.set_rule_meta(*id, &RuleMeta::default())?;
+        }
+        for (i, (want, have)) in self.notices.iter().zip(&live_notices).enumerate() {
+            if want.ifindex == 0 && have.ifindex != 0 {
+                maps.set_notice_target(i as u32, want)?;
+            }
         }
         maps.set_config(&self.config)?;
         Ok(())
@@ -400,9 +464,14 @@ impl Plan {
 }
 
 /// Read the live state, plan against it and write the plan: `apply` without the printing.
-pub fn apply(maps: &mut Maps, compiled: &Compiled, now_unix: u64) -> Result<Plan, ApplyError> {
+pub fn apply(
+    maps: &mut Maps,
+    compiled: &Compiled,
+    targets: &[NoticeTarget],
+    now_unix: u64,
+) -> Result<Plan, ApplyError> {
     let live = Live::read(maps)?;
-    let plan = Plan::new(compiled, &live, now_unix)?;
+    let plan = Plan::new(compiled, &live, targets, now_unix)?;
     if !plan.is_noop(&live) {
         plan.execute(maps)?;
     }
@@ -456,6 +525,7 @@ mod tests {
         Live {
             config: plan.config,
             metas,
+            notices: plan.notices.clone(),
             dst_v4: table(&before.dst_v4, &plan.dst_v4),
             src_v4: table(&before.src_v4, &plan.src_v4),
             dst_v6: table(&before.dst_v6, &plan.dst_v6),
@@ -481,7 +551,7 @@ prefixes = ["198.51.100.0/24"]
 
     #[test]
     fn first_apply_adds_everything_with_fresh_ids() {
-        let plan = Plan::new(&compiled(A), &Live::empty(), 7).expect("plan");
+        let plan = Plan::new(&compiled(A), &Live::empty(), &[], 7).expect("plan");
         assert_eq!(plan.counts(), (4, 0, 0));
         assert_eq!(plan.rules_added, ["block", "exception", "from"]);
         assert_eq!(plan.new_ids, [0, 1, 2]);
@@ -501,10 +571,10 @@ prefixes = ["198.51.100.0/24"]
     fn reapplying_the_same_policy_is_a_noop() {
         let c = compiled(A);
         let live = after(
-            &Plan::new(&c, &Live::empty(), 1).expect("plan"),
+            &Plan::new(&c, &Live::empty(), &[], 1).expect("plan"),
             &Live::empty(),
         );
-        let again = Plan::new(&c, &live, 2).expect("plan");
+        let again = Plan::new(&c, &live, &[], 2).expect("plan");
         assert_eq!(again.counts(), (0, 0, 0));
         assert!(again.is_noop(&live));
         assert!(again.new_ids.is_empty() && again.freed.is_empty());
@@ -513,7 +583,7 @@ prefixes = ["198.51.100.0/24"]
     #[test]
     fn ids_follow_rule_names_and_freed_ids_are_not_reused_while_referenced() {
         let live = after(
-            &Plan::new(&compiled(A), &Live::empty(), 1).expect("plan"),
+            &Plan::new(&compiled(A), &Live::empty(), &[], 1).expect("plan"),
             &Live::empty(),
         );
         // "exception" goes, "new" arrives, "block" moves to the end and changes action.
@@ -532,7 +602,7 @@ name = "block"
 action = "pass"
 prefixes = ["203.0.113.0/24"]
 "#;
-        let plan = Plan::new(&compiled(b), &live, 2).expect("plan");
+        let plan = Plan::new(&compiled(b), &live, &[], 2).expect("plan");
         let ids: BTreeMap<String, u32> = plan
             .metas
             .iter()
@@ -552,7 +622,9 @@ prefixes = ["203.0.113.0/24"]
         assert_eq!(plan.counts(), (1, 2, 1));
         let end = after(&plan, &live);
         assert_eq!(
-            Plan::new(&compiled(b), &end, 3).expect("plan").counts(),
+            Plan::new(&compiled(b), &end, &[], 3)
+                .expect("plan")
+                .counts(),
             (0, 0, 0)
         );
     }
@@ -561,13 +633,13 @@ prefixes = ["203.0.113.0/24"]
     fn an_interrupted_apply_converges() {
         // Half of a plan written (inserts done, deletes not, config not), then apply again.
         let live = after(
-            &Plan::new(&compiled(A), &Live::empty(), 1).expect("plan"),
+            &Plan::new(&compiled(A), &Live::empty(), &[], 1).expect("plan"),
             &Live::empty(),
         );
         let b = compiled(
             "[[rule]]\nname = \"other\"\naction = \"drop\"\nprefixes = [\"233.252.0.0/24\"]\n",
         );
-        let plan = Plan::new(&b, &live, 2).expect("plan");
+        let plan = Plan::new(&b, &live, &[], 2).expect("plan");
         let mut half = after(&plan, &live);
         half.dst_v4.extend(plan.dst_v4.remove.iter().copied());
         half.src_v4.extend(plan.src_v4.remove.iter().copied());
@@ -575,7 +647,7 @@ prefixes = ["203.0.113.0/24"]
         half.metas = live.metas.clone();
         half.metas.extend(plan.metas.iter().copied());
         half.config = live.config;
-        let retry = Plan::new(&b, &half, 3).expect("plan");
+        let retry = Plan::new(&b, &half, &[], 3).expect("plan");
         assert_eq!(
             retry.counts(),
             (0, 4, 0),
@@ -585,7 +657,10 @@ prefixes = ["203.0.113.0/24"]
         assert_eq!(end.dst_v4.len(), 1);
         assert!(end.src_v4.is_empty() && end.dst_v6.is_empty());
         assert_eq!(end.metas.len(), 1);
-        assert_eq!(Plan::new(&b, &end, 4).expect("plan").counts(), (0, 0, 0));
+        assert_eq!(
+            Plan::new(&b, &end, &[], 4).expect("plan").counts(),
+            (0, 0, 0)
+        );
     }
 
     #[test]
@@ -599,13 +674,15 @@ prefixes = ["203.0.113.0/24"]
             };
             live.metas.insert(id, meta);
         }
-        let err = Plan::new(&compiled(A), &live, 1).err().expect("no id left");
+        let err = Plan::new(&compiled(A), &live, &[], 1)
+            .err()
+            .expect("no id left");
         assert!(matches!(err, ApplyError::TooManyRules { .. }), "{err}");
     }
 
     #[test]
     fn details_name_rules_and_actions() {
-        let plan = Plan::new(&compiled(A), &Live::empty(), 1).expect("plan");
+        let plan = Plan::new(&compiled(A), &Live::empty(), &[], 1).expect("plan");
         let mut out = String::new();
         plan.write_details(&mut out, 1).expect("format");
         assert!(out.contains("  rule + block"), "{out}");

@@ -13,14 +13,19 @@
 //!   [`Compiled::verdict`]`(dst, src) -> `[`Verdict`] combines both with the precedence the XDP
 //!   program implements (see [`Compiled::verdict`] and `docs/policy.md`).
 //! - [`hash_hex`] renders a hash for `status` output.
+//! - `redirect` rules carry [`CompiledRule::flags`] (`HTTPS_REJECT`) and
+//!   [`CompiledRule::target`], an index into [`Compiled::notices`]: the notice targets some
+//!   loaded rule uses, in file order. [`Compiled::reject_rate`] and [`Compiled::reject_burst`]
+//!   are the per-CPU token bucket of `reject` replies.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use filter_common::rule_flags;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sha2::{Digest, Sha256};
 
-use crate::policy::{Direction, Location, Policy};
+use crate::policy::{Action, Direction, HttpsMode, Location, Policy};
 
 /// A rule as the kernel's rule table and counters see it. Its index in [`Compiled::rules`] is
 /// its rule id.
@@ -31,6 +36,11 @@ pub struct CompiledRule {
     pub action: u8,
     /// [`filter_common::direction`] value.
     pub direction: u8,
+    /// [`filter_common::rule_flags`] bits: `HTTPS_REJECT` for a `redirect` rule with
+    /// `https = "reject"`, else 0.
+    pub flags: u8,
+    /// For a `redirect` rule, its notice target's index in [`Compiled::notices`]; else 0.
+    pub target: u16,
     /// Prefixes this rule put in the tables.
     pub prefixes: u64,
     pub allow_local: bool,
@@ -206,6 +216,16 @@ impl Tables {
     }
 }
 
+/// A notice target some loaded `redirect` rule uses: where the XDP program sends its frames.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledNotice {
+    pub name: String,
+    /// Egress interface; its ifindex and MAC are resolved at apply time.
+    pub interface: String,
+    /// The neighbour whose MAC becomes the frames' destination.
+    pub next_hop: IpAddr,
+}
+
 /// Everything `apply` writes to the kernel, computed without touching it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compiled {
@@ -213,7 +233,14 @@ pub struct Compiled {
     pub malformed: u8,
     pub rules: Vec<CompiledRule>,
     pub tables: Tables,
-    /// See [`Compiled::hash`].
+    /// Targets of the loaded `redirect` rules, in file order; [`CompiledRule::target`] indexes
+    /// it. Targets no loaded rule uses are left out.
+    pub notices: Vec<CompiledNotice>,
+    /// `reject` replies per second per CPU.
+    pub reject_rate: u32,
+    /// `reject` token-bucket size per CPU.
+    pub reject_burst: u32,
+    /// See [`Compiled::compute_hash`].
     pub hash: [u8; 32],
 }
 
@@ -279,32 +306,71 @@ impl Compiled {
     }
 
     /// SHA-256 over a canonical serialisation of what the kernel will hold: the malformed
-    /// setting, each rule in id order (name, action, direction), then every table entry in
-    /// sorted order (dst v4, src v4, dst v6, src v6). Comments, expiry dates, `allow_local`,
-    /// `protect`, file names and line numbers are left out on purpose: they do not change what
-    /// the filter does, so `status` can compare a file's hash with the loaded one and say
-    /// "in sync" even after a comment was edited. Every field is length-prefixed or fixed-size
-    /// so no two different policies serialise alike.
-    pub fn hash(malformed: u8, rules: &[CompiledRule], tables: &Tables) -> [u8; 32] {
+    /// setting and the reject limits, each rule in id order (name, action, direction, flags,
+    /// target), each notice target in index order (name, interface, next hop), then every table
+    /// entry in sorted order (dst v4, src v4, dst v6, src v6). The `hash` field itself is not
+    /// read. Comments, expiry dates, `allow_local`, `protect`, the notice text, URL and status
+    /// (the notice server's business, not the kernel's), file names and line numbers are left
+    /// out on purpose: they do not change what the filter does, so `status` can compare a
+    /// file's hash with the loaded one and say "in sync" even after a comment was edited. Every
+    /// field is length-prefixed or fixed-size so no two different policies serialise alike.
+    pub fn compute_hash(&self) -> [u8; 32] {
         let mut h = Sha256::new();
-        h.update(b"edgeblock-policy-v1\0");
-        h.update([malformed]);
-        h.update((rules.len() as u64).to_le_bytes());
-        for rule in rules {
-            h.update((rule.name.len() as u64).to_le_bytes());
-            h.update(rule.name.as_bytes());
-            h.update([rule.action, rule.direction]);
+        let bytes = |h: &mut Sha256, b: &[u8]| {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        h.update(b"edgeblock-policy-v2\0");
+        h.update([self.malformed]);
+        h.update(self.reject_rate.to_le_bytes());
+        h.update(self.reject_burst.to_le_bytes());
+        h.update((self.rules.len() as u64).to_le_bytes());
+        for rule in &self.rules {
+            bytes(&mut h, rule.name.as_bytes());
+            h.update([rule.action, rule.direction, rule.flags]);
+            h.update(rule.target.to_le_bytes());
         }
-        hash_table(&mut h, 4, Direction::Dst, &tables.dst_v4);
-        hash_table(&mut h, 4, Direction::Src, &tables.src_v4);
-        hash_table(&mut h, 6, Direction::Dst, &tables.dst_v6);
-        hash_table(&mut h, 6, Direction::Src, &tables.src_v6);
+        h.update((self.notices.len() as u64).to_le_bytes());
+        for notice in &self.notices {
+            bytes(&mut h, notice.name.as_bytes());
+            bytes(&mut h, notice.interface.as_bytes());
+            match notice.next_hop {
+                IpAddr::V4(a) => {
+                    h.update([4]);
+                    h.update(a.octets());
+                }
+                IpAddr::V6(a) => {
+                    h.update([6]);
+                    h.update(a.octets());
+                }
+            }
+        }
+        hash_table(&mut h, 4, Direction::Dst, &self.tables.dst_v4);
+        hash_table(&mut h, 4, Direction::Src, &self.tables.src_v4);
+        hash_table(&mut h, 6, Direction::Dst, &self.tables.dst_v6);
+        hash_table(&mut h, 6, Direction::Src, &self.tables.src_v6);
         h.finalize().into()
     }
 }
 
-/// Turn a validated policy into map contents. Rule ids are the rules' positions in the policy.
+/// Turn a validated policy into map contents. Rule ids are the rules' positions in the policy;
+/// notice indexes are the used targets' positions among the used targets, in file order.
 pub fn compile(policy: &Policy) -> Compiled {
+    let notices: Vec<CompiledNotice> = policy
+        .notices
+        .iter()
+        .filter(|target| {
+            policy
+                .rules
+                .iter()
+                .any(|r| r.notice.as_ref().is_some_and(|n| n.target == target.name))
+        })
+        .map(|target| CompiledNotice {
+            name: target.name.clone(),
+            interface: target.interface.clone(),
+            next_hop: target.next_hop,
+        })
+        .collect();
     let mut tables = Tables::default();
     let rules: Vec<CompiledRule> = policy
         .rules
@@ -316,24 +382,47 @@ pub fn compile(policy: &Policy) -> Compiled {
                 .iter()
                 .filter(|entry| tables.insert(rule.direction, entry.net, index))
                 .count();
+            let (flags, target) = match (&rule.notice, rule.action) {
+                (Some(notice), Action::Redirect) => {
+                    let flags = match notice.https {
+                        HttpsMode::Reject => rule_flags::HTTPS_REJECT,
+                        HttpsMode::Notice => 0,
+                    };
+                    // At most one used target per rule, and validation caps the rules at
+                    // MAX_RULES, far below u16::MAX; a hand-built policy naming a target it
+                    // does not define gets index 0 rather than a panic.
+                    let target = notices
+                        .iter()
+                        .position(|n| n.name == notice.target)
+                        .and_then(|i| u16::try_from(i).ok())
+                        .unwrap_or(0);
+                    (flags, target)
+                }
+                _ => (0, 0),
+            };
             CompiledRule {
                 name: rule.name.clone(),
                 action: rule.action.as_u8(),
                 direction: rule.direction.as_u8(),
+                flags,
+                target,
                 prefixes: added as u64,
                 allow_local: rule.allow_local,
                 location: rule.location.clone(),
             }
         })
         .collect();
-    let malformed = policy.malformed.as_u8();
-    let hash = Compiled::hash(malformed, &rules, &tables);
-    Compiled {
-        malformed,
+    let mut compiled = Compiled {
+        malformed: policy.malformed.as_u8(),
         rules,
         tables,
-        hash,
-    }
+        notices,
+        reject_rate: policy.reject_rate,
+        reject_burst: policy.reject_burst,
+        hash: [0; 32],
+    };
+    compiled.hash = compiled.compute_hash();
+    compiled
 }
 
 /// Lowercase hex, for `status` and logs.
@@ -743,6 +832,249 @@ prefixes = ["198.51.100.0/24"]
         assert_eq!(action_name(filter_common::action::REDIRECT), "redirect");
         assert_eq!(action_name(filter_common::action::REJECT), "reject");
         assert_eq!(action_name(200), "unknown action");
+    }
+
+    /// Redirect and reject rules, an unused target between two used ones, so the indexes show
+    /// that only used targets count.
+    const NOTICES: &str = r#"
+reject_rate = 250
+reject_burst = 30
+
+[notice.first]
+interface = "eth1"
+next_hop = "198.51.100.250"
+
+[notice.unused]
+interface = "eth9"
+next_hop = "198.51.100.251"
+
+[notice.second]
+interface = "eth2"
+next_hop = "2001:db8:100::250"
+
+[[rule]]
+name = "plain-drop"
+action = "drop"
+prefixes = ["192.0.2.0/24"]
+
+[[rule]]
+name = "court-order"
+action = "redirect"
+notice = "second"
+notice_text = "Blocked."
+prefixes = ["203.0.113.0/24"]
+
+[[rule]]
+name = "with-https"
+action = "redirect"
+notice = "first"
+https = "notice"
+prefixes = ["2001:db8:1::/64"]
+
+[[rule]]
+name = "abuse"
+action = "reject"
+prefixes = ["198.51.100.0/25"]
+
+[[rule]]
+name = "hole"
+action = "pass"
+prefixes = ["203.0.113.5"]
+"#;
+
+    #[test]
+    fn redirect_and_reject_compile() {
+        let c = compiled(NOTICES);
+        assert_eq!((c.reject_rate, c.reject_burst), (250, 30));
+        assert_eq!(
+            c.notices,
+            [
+                CompiledNotice {
+                    name: "first".into(),
+                    interface: "eth1".into(),
+                    next_hop: ip("198.51.100.250"),
+                },
+                CompiledNotice {
+                    name: "second".into(),
+                    interface: "eth2".into(),
+                    next_hop: ip("2001:db8:100::250"),
+                },
+            ]
+        );
+        let rules: Vec<(&str, u8, u8, u16)> = c
+            .rules
+            .iter()
+            .map(|r| (r.name.as_str(), r.action, r.flags, r.target))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                ("plain-drop", DROP, 0, 0),
+                (
+                    "court-order",
+                    filter_common::action::REDIRECT,
+                    rule_flags::HTTPS_REJECT,
+                    1
+                ),
+                ("with-https", filter_common::action::REDIRECT, 0, 0),
+                ("abuse", filter_common::action::REJECT, 0, 0),
+                ("hole", PASS, 0, 0),
+            ]
+        );
+        assert!(c.rules.iter().take(4).all(CompiledRule::blocks));
+        assert!(!c.rules[4].blocks());
+        assert_eq!(rule_flags::HTTPS_REJECT, 1, "kernel ABI");
+    }
+
+    #[test]
+    fn defaults_without_notices() {
+        let c = compiled(MIXED);
+        assert!(c.notices.is_empty());
+        assert_eq!(
+            (c.reject_rate, c.reject_burst),
+            (
+                crate::policy::DEFAULT_REJECT_RATE,
+                crate::policy::DEFAULT_REJECT_BURST
+            )
+        );
+        assert!(c.rules.iter().all(|r| r.flags == 0 && r.target == 0));
+    }
+
+    /// Redirect and reject block like drop: they win over a pass in the other direction, and a
+    /// pass exception in their own direction wins over them.
+    #[test]
+    fn redirect_and_reject_are_blocks_for_precedence() {
+        let c = compiled(
+            r#"
+[notice.n]
+interface = "eth1"
+next_hop = "192.0.2.250"
+
+[[rule]]
+name = "redir"
+action = "redirect"
+notice = "n"
+prefixes = ["203.0.113.0/24"]
+
+[[rule]]
+name = "exception"
+action = "pass"
+prefixes = ["203.0.113.5"]
+
+[[rule]]
+name = "src-pass"
+direction = "src"
+action = "pass"
+prefixes = ["192.0.2.0/24"]
+
+[[rule]]
+name = "src-reject"
+direction = "src"
+action = "reject"
+prefixes = ["198.18.0.0/15"]
+"#,
+        );
+        let (redirect, reject) = (
+            filter_common::action::REDIRECT,
+            filter_common::action::REJECT,
+        );
+        let (dst, src) = (Some(Direction::Dst), Some(Direction::Src));
+        let cases = [
+            ("203.0.113.9", "192.0.2.1", (redirect, Some("redir"), dst)),
+            ("203.0.113.5", "192.0.2.1", (PASS, Some("exception"), dst)),
+            (
+                "203.0.113.5",
+                "198.18.0.1",
+                (reject, Some("src-reject"), src),
+            ),
+            ("203.0.113.9", "198.18.0.1", (redirect, Some("redir"), dst)),
+            (
+                "233.252.0.1",
+                "198.18.0.1",
+                (reject, Some("src-reject"), src),
+            ),
+        ];
+        for (d, s, expected) in cases {
+            assert_eq!(verdict(&c, d, s), expected, "dst {d}, src {s}");
+        }
+    }
+
+    #[test]
+    fn hash_covers_notices_flags_targets_and_reject_limits() {
+        let base = compiled(NOTICES);
+        assert_eq!(base.hash, base.compute_hash());
+        let changed = |text: &str| compiled(text).hash != base.hash;
+        let variants = [
+            (
+                "reject_rate",
+                NOTICES.replace("reject_rate = 250", "reject_rate = 251"),
+            ),
+            (
+                "reject_burst",
+                NOTICES.replace("reject_burst = 30", "reject_burst = 31"),
+            ),
+            (
+                "default reject_rate",
+                NOTICES.replace("reject_rate = 250\n", ""),
+            ),
+            (
+                "https mode (flags)",
+                NOTICES.replace("https = \"notice\"", "https = \"reject\""),
+            ),
+            (
+                "rule's target (index)",
+                NOTICES.replace("notice = \"second\"", "notice = \"first\""),
+            ),
+            (
+                "notice interface",
+                NOTICES.replace("interface = \"eth1\"", "interface = \"eth3\""),
+            ),
+            (
+                "notice next hop",
+                NOTICES.replace("\"198.51.100.250\"", "\"198.51.100.252\""),
+            ),
+            (
+                "notice name",
+                NOTICES
+                    .replace("[notice.first]", "[notice.primary]")
+                    .replace("notice = \"first\"", "notice = \"primary\""),
+            ),
+            (
+                "reject becomes drop",
+                NOTICES.replace("action = \"reject\"", "action = \"drop\""),
+            ),
+        ];
+        for (what, text) in &variants {
+            assert!(changed(text), "{what} should change the hash");
+        }
+        // What only the notice server reads, and targets no rule uses, do not.
+        let same = [
+            NOTICES.replace("notice_text = \"Blocked.\"", "notice_text = \"Other.\""),
+            NOTICES.replace(
+                "notice_text = \"Blocked.\"",
+                "notice_url = \"https://example.net/\"\nnotice_status = 403",
+            ),
+            NOTICES.replace("interface = \"eth9\"", "interface = \"eth8\""),
+        ];
+        for text in &same {
+            assert!(!changed(text), "should not change the hash:\n{text}");
+        }
+    }
+
+    /// A target's index follows the used targets only: dropping the last user of one shifts
+    /// the ones after it.
+    #[test]
+    fn target_indexes_follow_used_targets() {
+        let text = NOTICES.replace("notice = \"first\"\n", "notice = \"second\"\n");
+        let c = compiled(&text);
+        let names: Vec<&str> = c.notices.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["second"]);
+        assert!(
+            c.rules
+                .iter()
+                .filter(|r| r.action == filter_common::action::REDIRECT)
+                .all(|r| r.target == 0)
+        );
     }
 
     /// The demo's expectations of examples/policy.toml.

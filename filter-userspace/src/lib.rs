@@ -9,6 +9,8 @@ pub mod loader;
 pub mod lock;
 pub mod lockout;
 pub mod maps;
+pub mod neigh;
+pub mod notice;
 pub mod pins;
 pub mod policy;
 pub mod reference;

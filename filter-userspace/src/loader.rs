@@ -32,7 +32,7 @@ pub static EBPF_OBJECT: &[u8] =
 pub const PROGRAM_NAME: &str = "edgeblock";
 
 /// Maps the program declares (the loader pins them); `EB_RULES` is created by userspace.
-const PROGRAM_MAPS: [&str; 7] = [
+const PROGRAM_MAPS: [&str; 10] = [
     names::DST_V4,
     names::SRC_V4,
     names::DST_V6,
@@ -40,6 +40,9 @@ const PROGRAM_MAPS: [&str; 7] = [
     names::RULE_STATS,
     names::STATS,
     names::CONFIG,
+    names::NOTICE,
+    names::NOTICE_DEV,
+    names::REJECT_TB,
 ];
 
 #[derive(Debug, Error)]

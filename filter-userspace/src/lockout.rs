@@ -411,6 +411,41 @@ mod tests {
         format!("[[rule]]\nname = \"{name}\"\n{extra}\nprefixes = [{prefixes}]\n")
     }
 
+    /// Redirect and reject take the traffic away from this host just as drop does.
+    #[test]
+    fn redirect_and_reject_count_as_blocking() {
+        let target = "[notice.n]\ninterface = \"eth1\"\nnext_hop = \"198.51.100.250\"\n";
+        let text = format!(
+            "protect = [\"198.51.100.0/24\"]\n{target}{}{}",
+            rule(
+                "redir",
+                "action = \"redirect\"\nnotice = \"n\"",
+                "\"192.0.2.10\""
+            ),
+            rule(
+                "rej",
+                "direction = \"src\"\naction = \"reject\"",
+                "\"198.51.100.0/25\""
+            ),
+        );
+        let errors = problems(&text);
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(
+            errors[0].starts_with(
+                "rule \"redir\" (policy.toml:6) would redirect traffic to 192.0.2.10, an address \
+                 of this host (eth0)"
+            ),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[1].starts_with(
+                "rule \"rej\" (policy.toml:11) would reject traffic from 198.51.100.0/25, which \
+                 overlaps protected prefix 198.51.100.0/24"
+            ),
+            "{errors:#?}"
+        );
+    }
+
     #[test]
     fn local_address_hit() {
         let errors = problems(&rule("block-all", "action = \"drop\"", "\"192.0.2.0/25\""));

@@ -12,10 +12,14 @@ use std::{
 
 use aya::{
     Pod,
-    maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{
+        Array, DevMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
+        xdp::XdpMapError,
+    },
 };
 use filter_common::{
-    Config, Counter, MAX_RULES, RULE_NAME_LEN, RuleEntry, RuleMeta, maps as names, stat,
+    Config, Counter, MAX_NOTICE_TARGETS, MAX_RULES, NoticeTarget, RULE_NAME_LEN, RuleEntry,
+    RuleMeta, maps as names, stat,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use thiserror::Error;
@@ -34,6 +38,11 @@ pub enum MapsError {
     Op {
         name: &'static str,
         source: MapError,
+    },
+    #[error("map {name}: {source}")]
+    Xdp {
+        name: &'static str,
+        source: XdpMapError,
     },
     #[error("map {name}: {source}")]
     Io {
@@ -185,6 +194,8 @@ pub struct Maps {
     pub stats: PerCpuArray<MapData, Counter>,
     pub config: Array<MapData, Config>,
     pub rules: Array<MapData, RuleMeta>,
+    pub notice: Array<MapData, NoticeTarget>,
+    pub notice_dev: DevMap<MapData>,
 }
 
 fn open_map(pins: &Pins, name: &'static str) -> Result<Map, MapsError> {
@@ -227,6 +238,8 @@ pub struct GlobalStats {
     pub non_ip: CounterJson,
     pub malformed: CounterJson,
     pub malformed_dropped: CounterJson,
+    pub reject_unanswered: CounterJson,
+    pub redirect_failed: CounterJson,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -257,7 +270,31 @@ impl Maps {
                 .map_err(op(names::STATS))?,
             config: Array::try_from(open_map(pins, names::CONFIG)?).map_err(op(names::CONFIG))?,
             rules: Array::try_from(open_map(pins, names::RULES)?).map_err(op(names::RULES))?,
+            notice: Array::try_from(open_map(pins, names::NOTICE)?).map_err(op(names::NOTICE))?,
+            notice_dev: DevMap::try_from(open_map(pins, names::NOTICE_DEV)?)
+                .map_err(op(names::NOTICE_DEV))?,
         })
+    }
+
+    /// Every notice target slot (unused ones have ifindex 0).
+    pub fn notice_targets(&self) -> Result<Vec<NoticeTarget>, MapsError> {
+        (0..MAX_NOTICE_TARGETS)
+            .map(|i| self.notice.get(&i, 0).map_err(op(names::NOTICE)))
+            .collect()
+    }
+
+    /// Point slot `index` at a target: the devmap first, then the MACs the program reads
+    /// (whose non-zero ifindex is what makes the slot usable).
+    pub fn set_notice_target(&mut self, index: u32, t: &NoticeTarget) -> Result<(), MapsError> {
+        if t.ifindex != 0 {
+            self.notice_dev
+                .set(index, t.ifindex, None, 0)
+                .map_err(|source| MapsError::Xdp {
+                    name: names::NOTICE_DEV,
+                    source,
+                })?;
+        }
+        self.notice.set(index, t, 0).map_err(op(names::NOTICE))
     }
 
     pub fn config(&self) -> Result<Config, MapsError> {
@@ -321,6 +358,8 @@ impl Maps {
             non_ip: get(stat::NON_IP)?,
             malformed: get(stat::MALFORMED)?,
             malformed_dropped: get(stat::MALFORMED_DROPPED)?,
+            reject_unanswered: get(stat::REJECT_UNANSWERED)?,
+            redirect_failed: get(stat::REDIRECT_FAILED)?,
         })
     }
 

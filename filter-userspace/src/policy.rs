@@ -12,22 +12,26 @@
 //! - [`parse_prefix_list`]`(text, file)` imports one plain-text prefix list (FireHOL netsets,
 //!   Spamhaus DROP/EDROP, one prefix or address per line, `#`/`;` comments).
 //! - [`Policy`] holds the rules that will be loaded (expired rules are left out), the `protect`
-//!   prefixes, the malformed-frame setting and [`Note`]s (expired rules, prefixes listed twice
-//!   in one rule) that are worth showing but do not stop an apply.
+//!   prefixes, the malformed-frame setting, the `[notice.NAME]` targets ([`NoticeTarget`]) that
+//!   `redirect` rules ([`RuleNotice`]) send traffic to, the `reject` rate limit, and [`Note`]s
+//!   (expired rules, prefixes listed twice in one rule, unused notice targets) that are worth
+//!   showing but do not stop an apply.
 //! - [`PolicyError`] is one problem; [`PolicyErrors`] is all of them, displayed one per line.
 //!
 //! Only TOML-level problems (syntax, unknown keys, wrong types) stop at the first: the TOML
 //! parser cannot go on past them. Everything after that is validated by hand from
 //! [`toml::Spanned`] strings, precisely so that every bad value gets its own error and line.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use filter_common::{MAX_RULES, MAX_V4_PREFIXES, MAX_V6_PREFIXES, RULE_NAME_LEN};
+use filter_common::{
+    MAX_NOTICE_TARGETS, MAX_RULES, MAX_V4_PREFIXES, MAX_V6_PREFIXES, RULE_NAME_LEN,
+};
 use ipnet::IpNet;
 use jiff::Timestamp;
 use serde::Deserialize;
@@ -89,12 +93,17 @@ impl fmt::Display for Direction {
     }
 }
 
-/// What a rule does with a matching packet. `redirect` and `reject` exist in the kernel ABI
-/// ([`filter_common::action`]) but are refused by the parser until they are implemented.
+/// What a rule does with a matching packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
+    /// Let the packet through: an exception inside a wider block.
     Pass,
+    /// Drop silently.
     Drop,
+    /// Send the packet, unchanged at L3, to a notice server (see [`RuleNotice`]).
+    Redirect,
+    /// Answer TCP with a reset and other IP with an ICMP/ICMPv6 "administratively prohibited".
+    Reject,
 }
 
 impl Action {
@@ -103,6 +112,8 @@ impl Action {
         match self {
             Self::Pass => filter_common::action::PASS,
             Self::Drop => filter_common::action::DROP,
+            Self::Redirect => filter_common::action::REDIRECT,
+            Self::Reject => filter_common::action::REJECT,
         }
     }
 
@@ -111,7 +122,14 @@ impl Action {
         match self {
             Self::Pass => "pass",
             Self::Drop => "drop",
+            Self::Redirect => "redirect",
+            Self::Reject => "reject",
         }
+    }
+
+    /// Anything but `pass`: what precedence and lockout protection treat as a block.
+    pub const fn blocks(self) -> bool {
+        !matches!(self, Self::Pass)
     }
 }
 
@@ -120,6 +138,76 @@ impl fmt::Display for Action {
         f.write_str(self.as_str())
     }
 }
+
+/// What a `redirect` rule does with HTTPS (TCP port 443): the notice server cannot show a page
+/// under the blocked site's name without its certificate, so the rule chooses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HttpsMode {
+    /// The default: the filter answers with a TCP reset, so the browser fails at once with a
+    /// connection error instead of a certificate warning.
+    #[default]
+    Reject,
+    /// Redirected like the rest; the notice server answers with its own certificate, which the
+    /// browser shows as a certificate warning before the page.
+    Notice,
+}
+
+impl HttpsMode {
+    /// The spelling used in the policy file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Reject => "reject",
+            Self::Notice => "notice",
+        }
+    }
+}
+
+impl fmt::Display for HttpsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A `[notice.NAME]` table: where `redirect` rules send their traffic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoticeTarget {
+    pub name: String,
+    /// Egress interface towards the notice server.
+    pub interface: String,
+    /// The L2-adjacent notice server, or the router in front of it; its MAC address is resolved
+    /// from the kernel's neighbour table at apply time.
+    pub next_hop: IpAddr,
+    /// The line of the `[notice.NAME]` header.
+    pub location: Location,
+}
+
+/// What a `redirect` rule tells its visitors, and where it sends them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleNotice {
+    /// The name of the [`NoticeTarget`].
+    pub target: String,
+    /// The public statement shown on the page.
+    pub text: Option<String>,
+    /// A link to the full statement: an `http://` or `https://` URL.
+    pub url: Option<String>,
+    /// The HTTP status of the page: 451 (default) or 403.
+    pub status: u16,
+    pub https: HttpsMode,
+}
+
+/// Reply rate of `reject` per CPU, replies per second, when the policy does not say.
+pub const DEFAULT_REJECT_RATE: u32 = 100;
+/// Token-bucket size of `reject` per CPU when the policy does not say.
+pub const DEFAULT_REJECT_BURST: u32 = 20;
+/// Accepted `reject_rate` values.
+pub const REJECT_RATE_RANGE: std::ops::RangeInclusive<u32> = 1..=1_000_000;
+/// Accepted `reject_burst` values.
+pub const REJECT_BURST_RANGE: std::ops::RangeInclusive<u32> = 1..=100_000;
+/// The notice page's status when the rule does not say: RFC 7725 "Unavailable For Legal
+/// Reasons".
+pub const DEFAULT_NOTICE_STATUS: u16 = 451;
+/// Longest interface name Linux accepts (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
 
 /// What to do with frames that claim to be IP but cannot be parsed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -173,6 +261,8 @@ pub struct Rule {
     pub comment: Option<String>,
     pub expires: Option<Timestamp>,
     pub allow_local: bool,
+    /// Where and what a `redirect` rule shows; `Some` exactly for `redirect` rules.
+    pub notice: Option<RuleNotice>,
     /// The line of the rule's `name`.
     pub location: Location,
 }
@@ -185,6 +275,12 @@ pub struct Policy {
     pub protect: Vec<PrefixEntry>,
     /// Rules in file order, without the expired ones. The order is the rule id order.
     pub rules: Vec<Rule>,
+    /// Every `[notice.NAME]` table, in file order, used or not.
+    pub notices: Vec<NoticeTarget>,
+    /// `reject` replies per second per CPU.
+    pub reject_rate: u32,
+    /// `reject` token-bucket size per CPU.
+    pub reject_burst: u32,
     pub notes: Vec<Note>,
 }
 
@@ -204,6 +300,8 @@ pub enum Note {
         first: Location,
         again: Location,
     },
+    /// A `[notice.NAME]` table that no loaded rule refers to; it is not loaded.
+    UnusedNotice { location: Location, notice: String },
 }
 
 impl fmt::Display for Note {
@@ -225,6 +323,10 @@ impl fmt::Display for Note {
             } => write!(
                 f,
                 "{again}: rule \"{rule}\": {net} is already listed at {first}; loaded once"
+            ),
+            Self::UnusedNotice { location, notice } => write!(
+                f,
+                "{location}: notice target \"{notice}\" is not used by any loaded rule; not loaded"
             ),
         }
     }
@@ -287,6 +389,66 @@ pub enum NameProblem {
     TooLong { len: usize, max: usize },
     #[error("contains {ch:?}; use only letters, digits, '.', '_' and '-'")]
     BadChar { ch: char },
+}
+
+/// Why an interface name is refused: the checks of the kernel's `dev_valid_name`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InterfaceProblem {
+    #[error("is empty")]
+    Empty,
+    #[error("is {len} bytes long; Linux interface names are at most {max}")]
+    TooLong { len: usize, max: usize },
+    #[error(
+        "contains {ch:?}; interface names cannot contain '/', ':', whitespace or control characters"
+    )]
+    BadChar { ch: char },
+    #[error("is not an interface name")]
+    Reserved,
+}
+
+/// Why a `next_hop` is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NextHopProblem {
+    #[error("is not an IPv4 or IPv6 address")]
+    NotAnAddress,
+    #[error("is {kind}; the next hop must be a neighbour's unicast address")]
+    NotUnicast { kind: &'static str },
+}
+
+/// Why a `notice_url` is refused. The URL ends up in an `href` on a public page, so only plain
+/// web links are taken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UrlProblem {
+    #[error("is not an http:// or https:// URL")]
+    NotHttp,
+    #[error("has no host name")]
+    NoHost,
+    #[error("contains {ch:?}; percent-encode it")]
+    BadChar { ch: char },
+    #[error("contains user information before '@'; link to the statement directly")]
+    UserInfo,
+    #[error("has an invalid port {port:?}")]
+    BadPort { port: String },
+}
+
+/// The `[notice.NAME]` tables a policy defines, for "did you mean" lists in errors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownNotices(pub Vec<String>);
+
+impl fmt::Display for KnownNotices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("the policy defines no [notice.NAME] table");
+        }
+        f.write_str("defined: ")?;
+        for (i, name) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "\"{name}\"")?;
+        }
+        Ok(())
+    }
 }
 
 /// One problem in a policy or prefix list.
@@ -381,15 +543,9 @@ pub enum PolicyError {
     },
 
     #[error(
-        "{location}: rule \"{rule}\": action {value:?} is not supported yet; use \"pass\" or \"drop\""
+        "{location}: rule \"{rule}\": unknown action {value:?}; expected \"pass\", \"drop\", \
+         \"redirect\" or \"reject\""
     )]
-    UnsupportedAction {
-        location: Location,
-        rule: String,
-        value: String,
-    },
-
-    #[error("{location}: rule \"{rule}\": unknown action {value:?}; expected \"pass\" or \"drop\"")]
     UnknownAction {
         location: Location,
         rule: String,
@@ -408,10 +564,112 @@ pub enum PolicyError {
     #[error("{location}: malformed = {value:?} is not valid; expected \"drop\" or \"pass\"")]
     BadMalformed { location: Location, value: String },
 
+    #[error(
+        "{location}: {key} = {value} is out of range; expected {} to {}",
+        range.start(),
+        range.end()
+    )]
+    BadRejectLimit {
+        location: Location,
+        key: &'static str,
+        value: i64,
+        range: std::ops::RangeInclusive<u32>,
+    },
+
+    #[error("{location}: notice target name {name:?} {problem}")]
+    BadNoticeName {
+        location: Location,
+        name: String,
+        problem: NameProblem,
+    },
+
+    #[error("{location}: notice target \"{notice}\": interface {value:?} {problem}")]
+    BadInterface {
+        location: Location,
+        notice: String,
+        value: String,
+        problem: InterfaceProblem,
+    },
+
+    #[error("{location}: notice target \"{notice}\": next_hop {value:?} {problem}")]
+    BadNextHop {
+        location: Location,
+        notice: String,
+        value: String,
+        problem: NextHopProblem,
+    },
+
+    #[error(
+        "{location}: rule \"{rule}\": action \"redirect\" needs notice = \"NAME\", naming a \
+         [notice.NAME] table; {known}"
+    )]
+    RedirectWithoutNotice {
+        location: Location,
+        rule: String,
+        known: KnownNotices,
+    },
+
+    #[error("{location}: rule \"{rule}\": notice {value:?} is not defined; {known}")]
+    UnknownNotice {
+        location: Location,
+        rule: String,
+        value: String,
+        known: KnownNotices,
+    },
+
+    #[error(
+        "{location}: rule \"{rule}\": {key} only applies to action = \"redirect\", not \
+         \"{action}\"; remove it or change the action"
+    )]
+    NoticeKeyWithoutRedirect {
+        location: Location,
+        rule: String,
+        key: &'static str,
+        action: Action,
+    },
+
+    #[error(
+        "{location}: rule \"{rule}\": notice_status = {value} is not valid; expected 451 (the \
+         default) or 403"
+    )]
+    BadNoticeStatus {
+        location: Location,
+        rule: String,
+        value: i64,
+    },
+
+    #[error(
+        "{location}: rule \"{rule}\": https = {value:?} is not valid; expected \"reject\" (the \
+         default) or \"notice\""
+    )]
+    BadHttps {
+        location: Location,
+        rule: String,
+        value: String,
+    },
+
+    #[error("{location}: rule \"{rule}\": notice_url {value:?} {problem}")]
+    BadNoticeUrl {
+        location: Location,
+        rule: String,
+        value: String,
+        problem: UrlProblem,
+    },
+
     #[error("{location}: rule \"{rule}\" is one rule too many; at most {max} rules can be loaded")]
     TooManyRules {
         location: Location,
         rule: String,
+        max: u32,
+    },
+
+    #[error(
+        "{location}: notice target \"{notice}\" is one too many; rules can use at most {max} \
+         notice targets"
+    )]
+    TooManyNoticeTargets {
+        location: Location,
+        notice: String,
         max: u32,
     },
 
@@ -510,16 +768,30 @@ pub fn parse(
         },
     };
 
+    let reject_rate = v.reject_limit(
+        "reject_rate",
+        raw.reject_rate.as_ref(),
+        DEFAULT_REJECT_RATE,
+        REJECT_RATE_RANGE,
+    );
+    let reject_burst = v.reject_limit(
+        "reject_burst",
+        raw.reject_burst.as_ref(),
+        DEFAULT_REJECT_BURST,
+        REJECT_BURST_RANGE,
+    );
     let protect = v.protect(&raw.protect);
+    let (notices, known) = v.notices(&raw.notice);
     let base = path.parent().unwrap_or(Path::new(""));
     let candidates: Vec<Candidate> = raw
         .rule
         .iter()
-        .map(|r| v.rule(r, now, base, &read_include))
+        .map(|r| v.rule(r, now, base, &read_include, &known))
         .collect();
 
     v.check_names(&candidates);
     v.check_across_rules(&candidates);
+    v.check_notice_use(&notices, &candidates);
 
     if !v.errors.is_empty() {
         return Err(PolicyErrors(v.errors));
@@ -534,6 +806,9 @@ pub fn parse(
         malformed,
         protect,
         rules,
+        notices,
+        reject_rate,
+        reject_burst,
         notes: v.notes,
     })
 }
@@ -641,6 +916,111 @@ fn quote_limited(text: &str) -> String {
     }
 }
 
+/// The kernel's `dev_valid_name`: 1 to 15 bytes, not `.` or `..`, no `/`, `:` or whitespace.
+/// Control characters are refused too: a NUL would cut the name short on its way to the kernel.
+pub fn check_interface_name(name: &str) -> Result<(), InterfaceProblem> {
+    if name.is_empty() {
+        return Err(InterfaceProblem::Empty);
+    }
+    if let Some(ch) = name
+        .chars()
+        .find(|&c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(InterfaceProblem::BadChar { ch });
+    }
+    if name.len() > IFNAME_MAX {
+        return Err(InterfaceProblem::TooLong {
+            len: name.len(),
+            max: IFNAME_MAX,
+        });
+    }
+    if name == "." || name == ".." {
+        return Err(InterfaceProblem::Reserved);
+    }
+    Ok(())
+}
+
+/// A next hop is a neighbour: a unicast address that can have an entry in the neighbour table.
+pub fn parse_next_hop(text: &str) -> Result<IpAddr, NextHopProblem> {
+    let addr: IpAddr = text.parse().map_err(|_| NextHopProblem::NotAnAddress)?;
+    let kind = match addr {
+        IpAddr::V4(a) if a.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V4(a) if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(a) if a.is_loopback() => Some("a loopback address"),
+        IpAddr::V6(a) if a.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V6(a) if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V6(a) if a.is_loopback() => Some("a loopback address"),
+        _ => None,
+    };
+    match kind {
+        Some(kind) => Err(NextHopProblem::NotUnicast { kind }),
+        None => Ok(addr),
+    }
+}
+
+/// A plain web link: `http://` or `https://` (any case), a host, an optional numeric port, no
+/// user information, and no character that would have to be percent-encoded. Deliberately
+/// narrow: the URL is printed on a public page as a link, so anything else (`javascript:`,
+/// `data:`, a `user@host` that disguises the real host) is refused rather than interpreted.
+pub fn check_notice_url(url: &str) -> Result<(), UrlProblem> {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let rest = if lower.starts_with("https://") {
+        &url[8..]
+    } else if lower.starts_with("http://") {
+        &url[7..]
+    } else {
+        return Err(UrlProblem::NotHttp);
+    };
+    if let Some(ch) = url.chars().find(|&c| {
+        c.is_whitespace()
+            || c.is_control()
+            || !c.is_ascii()
+            || matches!(c, '"' | '<' | '>' | '\\' | '^' | '`' | '{' | '|' | '}')
+    }) {
+        return Err(UrlProblem::BadChar { ch });
+    }
+    let authority = rest.find(['/', '?', '#']).map_or(rest, |end| &rest[..end]);
+    if authority.contains('@') {
+        return Err(UrlProblem::UserInfo);
+    }
+    // An IPv6 literal is bracketed and holds colons of its own.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(inner) => match inner.split_once(']') {
+            Some((v6, after)) => {
+                if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                    return Err(UrlProblem::NoHost);
+                }
+                match after {
+                    "" => (v6, None),
+                    _ => match after.strip_prefix(':') {
+                        Some(port) => (v6, Some(port)),
+                        None => return Err(UrlProblem::NoHost),
+                    },
+                }
+            }
+            None => return Err(UrlProblem::NoHost),
+        },
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() || host.starts_with('.') || host.contains("..") {
+        return Err(UrlProblem::NoHost);
+    }
+    if let Some(port) = port
+        && (port.is_empty()
+            || !port.bytes().all(|b| b.is_ascii_digit())
+            || port.parse::<u16>().is_err())
+    {
+        return Err(UrlProblem::BadPort {
+            port: port.to_string(),
+        });
+    }
+    Ok(())
+}
+
 fn check_name(name: &str) -> Result<(), NameProblem> {
     if name.is_empty() {
         return Err(NameProblem::Empty);
@@ -669,8 +1049,20 @@ struct RawPolicy {
     malformed: Option<Spanned<String>>,
     #[serde(default)]
     protect: Vec<Spanned<String>>,
+    reject_rate: Option<Spanned<i64>>,
+    reject_burst: Option<Spanned<i64>>,
+    // Spanned keys: the map is sorted by name, the spans give back the file order and lines.
+    #[serde(default)]
+    notice: BTreeMap<Spanned<String>, RawNotice>,
     #[serde(default)]
     rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotice {
+    interface: Spanned<String>,
+    next_hop: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -688,6 +1080,11 @@ struct RawRule {
     expires: Option<Spanned<toml::Value>>,
     #[serde(default)]
     allow_local: bool,
+    notice: Option<Spanned<String>>,
+    notice_text: Option<Spanned<String>>,
+    notice_url: Option<Spanned<String>>,
+    notice_status: Option<Spanned<i64>>,
+    https: Option<Spanned<String>>,
 }
 
 /// A rule as far as it could be validated; fields that failed are `None` and have an error.
@@ -701,18 +1098,26 @@ struct Candidate {
     expires: Option<Timestamp>,
     expired: bool,
     allow_local: bool,
+    notice: Option<RuleNotice>,
 }
 
 impl Candidate {
     fn into_rule(self) -> Option<Rule> {
+        let action = self.action?;
+        // Validation reports a redirect without a usable notice, so this only guards the
+        // invariant that `notice` is `Some` exactly for redirect rules.
+        if (action == Action::Redirect) != self.notice.is_some() {
+            return None;
+        }
         Some(Rule {
             name: self.name,
             direction: self.direction?,
-            action: self.action?,
+            action,
             prefixes: self.prefixes,
             comment: self.comment,
             expires: self.expires,
             allow_local: self.allow_local,
+            notice: self.notice,
             location: self.location,
         })
     }
@@ -745,9 +1150,13 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn at<T>(&self, value: &Spanned<T>) -> Location {
+        self.at_offset(value.span().start)
+    }
+
+    fn at_offset(&self, offset: usize) -> Location {
         Location {
             file: self.path.to_path_buf(),
-            line: self.lines.line(value.span().start),
+            line: self.lines.line(offset),
         }
     }
 
@@ -777,6 +1186,7 @@ impl Validator<'_> {
         now: Timestamp,
         base: &Path,
         read_include: &impl Fn(&Path) -> io::Result<String>,
+        known: &KnownNotices,
     ) -> Candidate {
         let name = raw.name.get_ref().clone();
         let location = self.at(&raw.name);
@@ -807,26 +1217,18 @@ impl Validator<'_> {
         let action = match raw.action.get_ref().as_str() {
             "pass" => Some(Action::Pass),
             "drop" => Some(Action::Drop),
+            "redirect" => Some(Action::Redirect),
+            "reject" => Some(Action::Reject),
             other => {
-                let location = self.at(&raw.action);
-                let rule = name.clone();
-                let value = other.to_string();
-                self.errors.push(if matches!(other, "redirect" | "reject") {
-                    PolicyError::UnsupportedAction {
-                        location,
-                        rule,
-                        value,
-                    }
-                } else {
-                    PolicyError::UnknownAction {
-                        location,
-                        rule,
-                        value,
-                    }
+                self.errors.push(PolicyError::UnknownAction {
+                    location: self.at(&raw.action),
+                    rule: name.clone(),
+                    value: other.to_string(),
                 });
                 None
             }
         };
+        let notice = self.rule_notice(raw, &name, action, known);
 
         let expires = raw.expires.as_ref().and_then(|value| {
             let location = self.at(value);
@@ -955,6 +1357,233 @@ impl Validator<'_> {
             expires: expires.map(|(t, _)| t),
             expired,
             allow_local: raw.allow_local,
+            notice,
+        }
+    }
+
+    /// The notice keys of one rule. With an unknown action (already an error) they are not
+    /// checked at all, since whether they belong depends on the action that was meant.
+    fn rule_notice(
+        &mut self,
+        raw: &RawRule,
+        rule: &str,
+        action: Option<Action>,
+        known: &KnownNotices,
+    ) -> Option<RuleNotice> {
+        let action = action?;
+        if action != Action::Redirect {
+            let keys = [
+                ("notice", raw.notice.as_ref().map(|v| v.span())),
+                ("notice_text", raw.notice_text.as_ref().map(|v| v.span())),
+                ("notice_url", raw.notice_url.as_ref().map(|v| v.span())),
+                (
+                    "notice_status",
+                    raw.notice_status.as_ref().map(|v| v.span()),
+                ),
+                ("https", raw.https.as_ref().map(|v| v.span())),
+            ];
+            for (key, span) in keys {
+                if let Some(span) = span {
+                    self.errors.push(PolicyError::NoticeKeyWithoutRedirect {
+                        location: self.at_offset(span.start),
+                        rule: rule.to_string(),
+                        key,
+                        action,
+                    });
+                }
+            }
+            return None;
+        }
+
+        let target = match &raw.notice {
+            None => {
+                self.errors.push(PolicyError::RedirectWithoutNotice {
+                    location: self.at(&raw.action),
+                    rule: rule.to_string(),
+                    known: known.clone(),
+                });
+                None
+            }
+            Some(value) if !known.0.contains(value.get_ref()) => {
+                self.errors.push(PolicyError::UnknownNotice {
+                    location: self.at(value),
+                    rule: rule.to_string(),
+                    value: value.get_ref().clone(),
+                    known: known.clone(),
+                });
+                None
+            }
+            Some(value) => Some(value.get_ref().clone()),
+        };
+
+        let status = match &raw.notice_status {
+            None => Some(DEFAULT_NOTICE_STATUS),
+            Some(value) => match *value.get_ref() {
+                403 => Some(403),
+                451 => Some(451),
+                other => {
+                    self.errors.push(PolicyError::BadNoticeStatus {
+                        location: self.at(value),
+                        rule: rule.to_string(),
+                        value: other,
+                    });
+                    None
+                }
+            },
+        };
+
+        let https = match &raw.https {
+            None => Some(HttpsMode::default()),
+            Some(value) => match value.get_ref().as_str() {
+                "reject" => Some(HttpsMode::Reject),
+                "notice" => Some(HttpsMode::Notice),
+                other => {
+                    self.errors.push(PolicyError::BadHttps {
+                        location: self.at(value),
+                        rule: rule.to_string(),
+                        value: other.to_string(),
+                    });
+                    None
+                }
+            },
+        };
+
+        let url = match &raw.notice_url {
+            None => Some(None),
+            Some(value) => match check_notice_url(value.get_ref()) {
+                Ok(()) => Some(Some(value.get_ref().clone())),
+                Err(problem) => {
+                    self.errors.push(PolicyError::BadNoticeUrl {
+                        location: self.at(value),
+                        rule: rule.to_string(),
+                        value: quote_limited(value.get_ref()),
+                        problem,
+                    });
+                    None
+                }
+            },
+        };
+
+        Some(RuleNotice {
+            target: target?,
+            text: raw.notice_text.as_ref().map(|t| t.get_ref().clone()),
+            url: url?,
+            status: status?,
+            https: https?,
+        })
+    }
+
+    fn reject_limit(
+        &mut self,
+        key: &'static str,
+        raw: Option<&Spanned<i64>>,
+        default: u32,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> u32 {
+        let Some(value) = raw else {
+            return default;
+        };
+        match u32::try_from(*value.get_ref()) {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                self.errors.push(PolicyError::BadRejectLimit {
+                    location: self.at(value),
+                    key,
+                    value: *value.get_ref(),
+                    range,
+                });
+                default
+            }
+        }
+    }
+
+    /// The `[notice.NAME]` tables that validate, in file order, and the names of all of them:
+    /// a rule that names a target whose `interface` is wrong gets that error only, not also
+    /// "not defined".
+    fn notices(
+        &mut self,
+        raw: &BTreeMap<Spanned<String>, RawNotice>,
+    ) -> (Vec<NoticeTarget>, KnownNotices) {
+        let mut in_file_order: Vec<(&Spanned<String>, &RawNotice)> = raw.iter().collect();
+        in_file_order.sort_by_key(|(name, _)| name.span().start);
+        let known = KnownNotices(
+            in_file_order
+                .iter()
+                .map(|(name, _)| name.get_ref().clone())
+                .collect(),
+        );
+        let mut targets = Vec::new();
+        for (name_value, notice) in in_file_order {
+            let name = name_value.get_ref().clone();
+            let location = self.at(name_value);
+            let mut ok = true;
+            if let Err(problem) = check_name(&name) {
+                ok = false;
+                self.errors.push(PolicyError::BadNoticeName {
+                    location: location.clone(),
+                    name: name.clone(),
+                    problem,
+                });
+            }
+            if let Err(problem) = check_interface_name(notice.interface.get_ref()) {
+                ok = false;
+                self.errors.push(PolicyError::BadInterface {
+                    location: self.at(&notice.interface),
+                    notice: name.clone(),
+                    value: quote_limited(notice.interface.get_ref()),
+                    problem,
+                });
+            }
+            let next_hop = match parse_next_hop(notice.next_hop.get_ref()) {
+                Ok(addr) => Some(addr),
+                Err(problem) => {
+                    self.errors.push(PolicyError::BadNextHop {
+                        location: self.at(&notice.next_hop),
+                        notice: name.clone(),
+                        value: quote_limited(notice.next_hop.get_ref()),
+                        problem,
+                    });
+                    None
+                }
+            };
+            if let (true, Some(next_hop)) = (ok, next_hop) {
+                targets.push(NoticeTarget {
+                    name,
+                    interface: notice.interface.get_ref().clone(),
+                    next_hop,
+                    location,
+                });
+            }
+        }
+        (targets, known)
+    }
+
+    /// A target no loaded rule refers to is worth a note: usually a rule was removed or has
+    /// expired, or names another target by mistake. The targets that are used must fit the
+    /// kernel's notice table.
+    fn check_notice_use(&mut self, notices: &[NoticeTarget], candidates: &[Candidate]) {
+        let mut used = 0;
+        for target in notices {
+            let is_used = candidates
+                .iter()
+                .filter(|c| !c.expired)
+                .filter_map(|c| c.notice.as_ref())
+                .any(|n| n.target == target.name);
+            if !is_used {
+                self.notes.push(Note::UnusedNotice {
+                    location: target.location.clone(),
+                    notice: target.name.clone(),
+                });
+                continue;
+            }
+            used += 1;
+            if used == MAX_NOTICE_TARGETS as usize + 1 {
+                self.errors.push(PolicyError::TooManyNoticeTargets {
+                    location: target.location.clone(),
+                    notice: target.name.clone(),
+                    max: MAX_NOTICE_TARGETS,
+                });
+            }
         }
     }
 
@@ -1319,7 +1948,11 @@ prefixes = ["203.0.113.0/24"]
         assert_contains(&errors[3], &["policy.toml:11:", "\"sideways\""]);
         assert_contains(
             &errors[4],
-            &["policy.toml:12:", "\"redirect\"", "not supported yet"],
+            &[
+                "policy.toml:12:",
+                "rule \"c\"",
+                "action \"redirect\" needs notice",
+            ],
         );
     }
 
@@ -1333,19 +1966,15 @@ prefixes = ["203.0.113.0/24"]
     }
 
     #[test]
-    fn unsupported_and_unknown_actions() {
+    fn unknown_action() {
         one_error(
-            "[[rule]]\nname = \"x\"\naction = \"reject\"\nprefixes = [\"192.0.2.0/24\"]\n",
+            "[[rule]]\nname = \"x\"\naction = \"block\"\nprefixes = [\"192.0.2.0/24\"]\n",
             &[
                 "policy.toml:3:",
                 "rule \"x\"",
-                "\"reject\"",
-                "not supported yet",
+                "unknown action \"block\"",
+                "\"redirect\" or \"reject\"",
             ],
-        );
-        one_error(
-            "[[rule]]\nname = \"x\"\naction = \"block\"\nprefixes = [\"192.0.2.0/24\"]\n",
-            &["policy.toml:3:", "rule \"x\"", "unknown action \"block\""],
         );
     }
 
@@ -1804,6 +2433,473 @@ prefixes = ["198.51.100.0/24"]
             docs.contains(body),
             "docs/policy.md should contain examples/policy.toml after its header:\n{body}"
         );
+    }
+
+    /// A policy with one notice target and a redirect rule using it, for the notice tests.
+    const REDIRECT: &str = r#"reject_rate = 500
+reject_burst = 50
+
+[notice.main]
+interface = "eth1"
+next_hop = "198.51.100.250"
+
+[notice.v6]
+interface = "notice0"
+next_hop = "fe80::1"
+
+[[rule]]
+name = "court-order"
+action = "redirect"
+notice = "main"
+notice_text = "Blocked by order of the court."
+notice_url = "https://example.net/statement"
+notice_status = 403
+https = "notice"
+prefixes = ["203.0.113.0/24"]
+
+[[rule]]
+name = "minimal"
+action = "redirect"
+notice = "v6"
+prefixes = ["2001:db8:1::/64"]
+
+[[rule]]
+name = "abuse"
+action = "reject"
+prefixes = ["198.51.100.0/25"]
+"#;
+
+    #[test]
+    fn redirect_and_reject_parse() {
+        let p = ok(REDIRECT);
+        assert_eq!((p.reject_rate, p.reject_burst), (500, 50));
+        let targets: Vec<(&str, &str, String, usize)> = p
+            .notices
+            .iter()
+            .map(|n| {
+                (
+                    n.name.as_str(),
+                    n.interface.as_str(),
+                    n.next_hop.to_string(),
+                    n.location.line,
+                )
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                ("main", "eth1", "198.51.100.250".to_string(), 4),
+                ("v6", "notice0", "fe80::1".to_string(), 8)
+            ]
+        );
+        let r = &p.rules[0];
+        assert_eq!(r.action, Action::Redirect);
+        assert_eq!(
+            r.notice,
+            Some(RuleNotice {
+                target: "main".into(),
+                text: Some("Blocked by order of the court.".into()),
+                url: Some("https://example.net/statement".into()),
+                status: 403,
+                https: HttpsMode::Notice,
+            })
+        );
+        assert_eq!(
+            p.rules[1].notice,
+            Some(RuleNotice {
+                target: "v6".into(),
+                text: None,
+                url: None,
+                status: 451,
+                https: HttpsMode::Reject,
+            })
+        );
+        assert_eq!(p.rules[2].action, Action::Reject);
+        assert_eq!(p.rules[2].notice, None);
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+    }
+
+    #[test]
+    fn notice_targets_keep_file_order_not_name_order() {
+        let p = ok(r#"[notice.zz]
+interface = "eth1"
+next_hop = "192.0.2.1"
+[notice.aa]
+interface = "eth2"
+next_hop = "192.0.2.2"
+[[rule]]
+name = "a"
+action = "redirect"
+notice = "aa"
+prefixes = ["203.0.113.0/24"]
+[[rule]]
+name = "z"
+action = "redirect"
+notice = "zz"
+prefixes = ["198.51.100.0/24"]
+"#);
+        let names: Vec<&str> = p.notices.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["zz", "aa"]);
+    }
+
+    #[test]
+    fn reject_limits_default_and_range() {
+        let p = ok("");
+        assert_eq!(
+            (p.reject_rate, p.reject_burst),
+            (DEFAULT_REJECT_RATE, DEFAULT_REJECT_BURST)
+        );
+        let p = ok("reject_rate = 1_000_000\nreject_burst = 100_000\n");
+        assert_eq!((p.reject_rate, p.reject_burst), (1_000_000, 100_000));
+        let p = ok("reject_rate = 1\nreject_burst = 1\n");
+        assert_eq!((p.reject_rate, p.reject_burst), (1, 1));
+        assert_eq!(
+            errors("reject_rate = 0\nreject_burst = 100_001\n"),
+            [
+                "policy.toml:1: reject_rate = 0 is out of range; expected 1 to 1000000",
+                "policy.toml:2: reject_burst = 100001 is out of range; expected 1 to 100000",
+            ]
+        );
+        let more = errors("reject_rate = 1_000_001\nreject_burst = -5\n");
+        assert_eq!(more.len(), 2, "{more:#?}");
+        assert_contains(&more[0], &["policy.toml:1:", "reject_rate = 1000001"]);
+        assert_contains(&more[1], &["policy.toml:2:", "reject_burst = -5"]);
+        // Not an integer: the TOML parser's type error, with the line.
+        one_error("reject_rate = \"fast\"\n", &["policy.toml:1:"]);
+    }
+
+    const TARGET: &str = "[notice.main]\ninterface = \"eth1\"\nnext_hop = \"192.0.2.250\"\n";
+
+    fn redirect_rule(extra: &str) -> String {
+        format!(
+            "{TARGET}[[rule]]\nname = \"r\"\naction = \"redirect\"\n{extra}prefixes = [\"203.0.113.0/24\"]\n"
+        )
+    }
+
+    #[test]
+    fn redirect_without_notice() {
+        let e = one_error(&redirect_rule(""), &[]);
+        assert_eq!(
+            e,
+            "policy.toml:6: rule \"r\": action \"redirect\" needs notice = \"NAME\", naming a \
+             [notice.NAME] table; defined: \"main\""
+        );
+        one_error(
+            "[[rule]]\nname = \"r\"\naction = \"redirect\"\nprefixes = [\"203.0.113.0/24\"]\n",
+            &[
+                "policy.toml:3:",
+                "needs notice",
+                "the policy defines no [notice.NAME] table",
+            ],
+        );
+    }
+
+    #[test]
+    fn redirect_to_unknown_notice_names_the_known_ones() {
+        let text = format!(
+            "{TARGET}[notice.backup]\ninterface = \"eth2\"\nnext_hop = \"2001:db8::2\"\n{}",
+            "[[rule]]\nname = \"r\"\naction = \"redirect\"\nnotice = \"mian\"\nprefixes = [\"203.0.113.0/24\"]\n"
+        );
+        let e = one_error(&text, &[]);
+        assert_eq!(
+            e,
+            "policy.toml:10: rule \"r\": notice \"mian\" is not defined; defined: \"main\", \
+             \"backup\""
+        );
+    }
+
+    #[test]
+    fn notice_keys_on_other_actions() {
+        let text = r#"[notice.main]
+interface = "eth1"
+next_hop = "192.0.2.250"
+
+[[rule]]
+name = "d"
+action = "drop"
+notice = "main"
+notice_text = "x"
+notice_url = "https://example.net/"
+notice_status = 451
+https = "notice"
+prefixes = ["203.0.113.0/24"]
+
+[[rule]]
+name = "j"
+action = "reject"
+https = "reject"
+prefixes = ["198.51.100.0/24"]
+
+[[rule]]
+name = "typo"
+action = "redirct"
+notice_text = "not checked: the action is already wrong"
+prefixes = ["233.252.0.0/24"]
+"#;
+        let errors = errors(text);
+        let expected = [
+            "policy.toml:8: rule \"d\": notice only applies to action = \"redirect\", not \
+             \"drop\"; remove it or change the action",
+            "policy.toml:9: rule \"d\": notice_text only applies",
+            "policy.toml:10: rule \"d\": notice_url only applies",
+            "policy.toml:11: rule \"d\": notice_status only applies",
+            "policy.toml:12: rule \"d\": https only applies",
+            "policy.toml:18: rule \"j\": https only applies to action = \"redirect\", not \
+             \"reject\"",
+            "policy.toml:23: rule \"typo\": unknown action \"redirct\"",
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        for (e, x) in errors.iter().zip(expected) {
+            assert_contains(e, &[x]);
+        }
+    }
+
+    #[test]
+    fn bad_notice_status_and_https() {
+        let errors = errors(&redirect_rule(
+            "notice = \"main\"\nnotice_status = 404\nhttps = \"allow\"\n",
+        ));
+        assert_eq!(
+            errors,
+            [
+                "policy.toml:8: rule \"r\": notice_status = 404 is not valid; expected 451 (the \
+                 default) or 403",
+                "policy.toml:9: rule \"r\": https = \"allow\" is not valid; expected \"reject\" \
+                 (the default) or \"notice\"",
+            ]
+        );
+        one_error(
+            &redirect_rule("notice = \"main\"\nnotice_status = \"451\"\n"),
+            &["policy.toml:8:"],
+        );
+    }
+
+    #[test]
+    fn notice_urls() {
+        for good in [
+            "https://example.net/statement",
+            "http://example.net",
+            "HTTPS://Example.NET/a?b=c&d=e#f",
+            "https://example.net:8443/x",
+            "https://[2001:db8::1]:443/x",
+            "https://192.0.2.1/x%20y",
+        ] {
+            let p = ok(&redirect_rule(&format!(
+                "notice = \"main\"\nnotice_url = \"{good}\"\n"
+            )));
+            assert_eq!(
+                p.rules[0].notice.as_ref().and_then(|n| n.url.as_deref()),
+                Some(good)
+            );
+        }
+        for (bad, problem) in [
+            ("javascript:alert(1)", "is not an http:// or https:// URL"),
+            ("ftp://example.net/", "is not an http:// or https:// URL"),
+            ("example.net/statement", "is not an http:// or https:// URL"),
+            ("https://", "has no host name"),
+            ("https:///path", "has no host name"),
+            ("https://:443/", "has no host name"),
+            ("https://[nope]/", "has no host name"),
+            ("https://example.net/a b", "contains ' '; percent-encode it"),
+            ("https://example.net/\"><script>", "contains '\"'"),
+            ("https://example.net/caf\u{e9}", "contains '\u{e9}'"),
+            ("https://court.example@evil.example/", "user information"),
+            ("https://example.net:http/", "invalid port \"http\""),
+            ("https://example.net:99999/", "invalid port \"99999\""),
+        ] {
+            let text = redirect_rule(&format!(
+                "notice = \"main\"\nnotice_url = \"{}\"\n",
+                bad.replace('\\', "\\\\").replace('"', "\\\"")
+            ));
+            let e = one_error(
+                &text,
+                &["policy.toml:8:", "rule \"r\": notice_url", problem],
+            );
+            assert!(
+                e.contains(&format!("{bad:?}")),
+                "{e:?} should quote {bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_notice_targets() {
+        let text = r#"[notice.good]
+interface = "eth1"
+next_hop = "192.0.2.250"
+
+[notice.long]
+interface = "a-very-long-name0"
+next_hop = "192.0.2.251"
+
+[notice.slash]
+interface = "eth/1"
+next_hop = "nope"
+
+[notice.space]
+interface = "eth 1"
+next_hop = "224.0.0.1"
+
+[notice.empty]
+interface = ""
+next_hop = "::"
+
+[notice.dot]
+interface = ".."
+next_hop = "127.0.0.1"
+
+[notice."bad name"]
+interface = "eth2"
+next_hop = "255.255.255.255"
+
+[[rule]]
+name = "r"
+action = "redirect"
+notice = "slash"
+prefixes = ["203.0.113.0/24"]
+"#;
+        let errors = errors(text);
+        let expected = [
+            "policy.toml:6: notice target \"long\": interface \"a-very-long-name0\" is 17 bytes \
+             long; Linux interface names are at most 15",
+            "policy.toml:10: notice target \"slash\": interface \"eth/1\" contains '/'",
+            "policy.toml:11: notice target \"slash\": next_hop \"nope\" is not an IPv4 or IPv6 \
+             address",
+            "policy.toml:14: notice target \"space\": interface \"eth 1\" contains ' '",
+            "policy.toml:15: notice target \"space\": next_hop \"224.0.0.1\" is a multicast \
+             address",
+            "policy.toml:18: notice target \"empty\": interface \"\" is empty",
+            "policy.toml:19: notice target \"empty\": next_hop \"::\" is the unspecified address",
+            "policy.toml:22: notice target \"dot\": interface \"..\" is not an interface name",
+            "policy.toml:23: notice target \"dot\": next_hop \"127.0.0.1\" is a loopback address",
+            "policy.toml:25: notice target name \"bad name\" contains ' '",
+            "policy.toml:27: notice target \"bad name\": next_hop \"255.255.255.255\" is the \
+             broadcast address",
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        for (e, x) in errors.iter().zip(expected) {
+            assert_contains(e, &[x]);
+        }
+        // The rule names a defined (if broken) target: no "not defined" on top.
+        assert!(
+            !errors.iter().any(|e| e.contains("not defined")),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn interface_names() {
+        for good in [
+            "eth0",
+            "enp1s0f1",
+            "a",
+            "notice.1",
+            "veth-x_y@z",
+            "fifteen-bytes-x",
+        ] {
+            assert_eq!(check_interface_name(good), Ok(()), "{good}");
+        }
+        assert_eq!(
+            check_interface_name("eth:0"),
+            Err(InterfaceProblem::BadChar { ch: ':' })
+        );
+        assert_eq!(
+            check_interface_name("eth\t0"),
+            Err(InterfaceProblem::BadChar { ch: '\t' })
+        );
+        assert_eq!(
+            check_interface_name("eth\u{0}0"),
+            Err(InterfaceProblem::BadChar { ch: '\u{0}' })
+        );
+        assert_eq!(check_interface_name("."), Err(InterfaceProblem::Reserved));
+    }
+
+    #[test]
+    fn unknown_key_in_notice_target() {
+        one_error(
+            "[notice.main]\ninterface = \"eth1\"\nnext_hop = \"192.0.2.250\"\nmac = \"02:00:00:00:00:01\"\n",
+            &["policy.toml:4:", "mac"],
+        );
+        // Both keys are required.
+        one_error(
+            "[notice.main]\ninterface = \"eth1\"\n",
+            &["policy.toml:1:", "next_hop"],
+        );
+    }
+
+    #[test]
+    fn unused_notice_target_is_a_note() {
+        let text = format!(
+            "{TARGET}[notice.spare]\ninterface = \"eth2\"\nnext_hop = \"192.0.2.251\"\n\
+             [[rule]]\nname = \"r\"\naction = \"redirect\"\nnotice = \"main\"\nprefixes = [\"203.0.113.0/24\"]\n\
+             [[rule]]\nname = \"old\"\naction = \"redirect\"\nnotice = \"spare\"\nprefixes = [\"198.51.100.0/24\"]\n\
+             expires = \"2025-01-01T00:00:00Z\"\n"
+        );
+        let p = ok(&text);
+        assert_eq!(p.notices.len(), 2);
+        let notes: Vec<String> = p.notes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            notes,
+            [
+                "policy.toml:17: rule \"old\" expired at 2025-01-01T00:00:00Z; not loaded",
+                "policy.toml:4: notice target \"spare\" is not used by any loaded rule; not loaded",
+            ]
+        );
+    }
+
+    #[test]
+    fn too_many_notice_targets() {
+        let max = MAX_NOTICE_TARGETS as usize;
+        let policy = |targets: usize| -> String {
+            let mut text = String::new();
+            for i in 0..targets {
+                text += &format!(
+                    "[notice.n{i}]\ninterface = \"eth1\"\nnext_hop = \"192.0.2.{}\"\n",
+                    i + 1
+                );
+            }
+            for i in 0..targets {
+                text += &format!(
+                    "[[rule]]\nname = \"r{i}\"\naction = \"redirect\"\nnotice = \"n{i}\"\nprefixes = [\"2001:db8::{i:x}\"]\n"
+                );
+            }
+            text
+        };
+        assert_eq!(ok(&policy(max)).notices.len(), max);
+        one_error(
+            &policy(max + 1),
+            &[
+                &format!("policy.toml:{}:", 3 * max + 1),
+                &format!("notice target \"n{max}\" is one too many"),
+                &format!("at most {max} notice targets"),
+            ],
+        );
+        // Unused targets do not count.
+        let unused = format!(
+            "[notice.spare]\ninterface = \"eth1\"\nnext_hop = \"192.0.2.254\"\n{}",
+            policy(max)
+        );
+        assert_eq!(ok(&unused).notes.len(), 1);
+    }
+
+    #[test]
+    fn expired_redirect_rules_are_still_validated() {
+        one_error(
+            &redirect_rule("notice = \"gone\"\nexpires = \"2025-01-01T00:00:00Z\"\n"),
+            &["policy.toml:7:", "notice \"gone\" is not defined"],
+        );
+    }
+
+    #[test]
+    fn new_actions_match_the_kernel_abi_and_block() {
+        assert_eq!(Action::Redirect.as_u8(), filter_common::action::REDIRECT);
+        assert_eq!(Action::Reject.as_u8(), filter_common::action::REJECT);
+        assert_eq!(Action::Redirect.to_string(), "redirect");
+        assert_eq!(Action::Reject.to_string(), "reject");
+        assert!(Action::Drop.blocks() && Action::Redirect.blocks() && Action::Reject.blocks());
+        assert!(!Action::Pass.blocks());
+        assert_eq!(HttpsMode::default(), HttpsMode::Reject);
+        assert_eq!(HttpsMode::Notice.to_string(), "notice");
     }
 
     #[test]

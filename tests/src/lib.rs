@@ -23,8 +23,8 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
 pub use netns::{
-    EchoServer, Netns, Topology, UdpProbe, UdpReport, addr, ping, remove_stale_namespaces,
-    tcp_connect, tcp_echo, tcp_echo_server,
+    EchoServer, Netns, NoticeHost, Topology, UdpProbe, UdpReport, accept_xdp_frames, addr, ping,
+    remove_stale_namespaces, tcp_connect, tcp_echo, tcp_echo_server,
 };
 
 /// Environment variable naming the `edgeblock` binary for tests that drive the CLI.

@@ -60,6 +60,15 @@ pub mod addr {
     pub const ORIGIN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0xa);
     /// The origin pool routed via [`ORIGIN_V4`].
     pub const ORIGIN_POOL_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(203, 0, 113, 0), 24);
+    /// The edge's side of the link to a [`crate::NoticeHost`] (a /26 carved from the top of
+    /// the client range, which the client link's /24 does not use).
+    pub const EDGE_NOTICE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 129);
+    /// The notice host.
+    pub const NOTICE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 130);
+    /// The edge's side of the link to a [`crate::NoticeHost`].
+    pub const EDGE_NOTICE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xee, 0, 0, 0, 0, 1);
+    /// The notice host.
+    pub const NOTICE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xee, 0, 0, 0, 0, 2);
     /// The origin pool routed via [`ORIGIN_V6`].
     pub const ORIGIN_POOL_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0), 64);
     /// On the origin's veth (/32); inside the example policy's hijacked 198.51.100.64/26.
@@ -495,6 +504,172 @@ impl Topology {
 impl Default for Topology {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A notice server host beside the edge: a fourth namespace on its own veth link to the edge,
+/// the way a redirect target is deployed (L2-adjacent to the edge). It accepts traffic for the
+/// origin pools as if it were theirs (AnyIP local routes) and answers the client directly,
+/// through the edge, with the origins' addresses.
+///
+/// Dropping it deletes the link and the namespace.
+#[derive(Debug)]
+pub struct NoticeHost {
+    pub ns: Netns,
+    /// The edge's side of the link: the redirect target's interface.
+    pub edge_iface: String,
+    /// The notice host's side.
+    pub iface: String,
+    edge: String,
+}
+
+impl NoticeHost {
+    /// Builds the notice host beside `topo`'s edge.
+    pub fn beside(topo: &Topology) -> Self {
+        use addr::*;
+        let pid = std::process::id();
+        let n = next_id();
+        let host = NoticeHost {
+            ns: Netns::create(format!("eb{pid}-{n}-notice")),
+            edge_iface: iface_name(pid, n, "en"),
+            iface: iface_name(pid, n, "n"),
+            edge: topo.edge.name().to_owned(),
+        };
+        let (ns, edge) = (&host.ns, &topo.edge);
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
+        ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
+        ns.ip(["link", "set", "lo", "up"]);
+        let spec = format!(
+            "link add {} type veth peer name {} netns {}",
+            host.edge_iface, host.iface, ns
+        );
+        edge.ip(spec.split(' '));
+        edge.ip([
+            "addr",
+            "add",
+            &format!("{EDGE_NOTICE_V4}/26"),
+            "dev",
+            &host.edge_iface,
+        ]);
+        edge.ip([
+            "addr",
+            "add",
+            &format!("{EDGE_NOTICE_V6}/64"),
+            "dev",
+            &host.edge_iface,
+            "nodad",
+        ]);
+        ns.ip([
+            "addr",
+            "add",
+            &format!("{NOTICE_V4}/26"),
+            "dev",
+            &host.iface,
+        ]);
+        ns.ip([
+            "addr",
+            "add",
+            &format!("{NOTICE_V6}/64"),
+            "dev",
+            &host.iface,
+            "nodad",
+        ]);
+        edge.ip(["link", "set", &host.edge_iface, "up"]);
+        ns.ip(["link", "set", &host.iface, "up"]);
+        // A veth hands XDP_REDIRECTed frames to its peer only when the peer runs NAPI, which
+        // GRO (or an XDP program) turns on.
+        let gro = ns.exec("ethtool", ["-K", &host.iface, "gro", "on"]);
+        assert!(
+            gro.status.success(),
+            "ethtool -K {} gro on failed (is ethtool installed? `cargo xtask bootstrap`): {}",
+            host.iface,
+            String::from_utf8_lossy(&gro.stderr)
+        );
+        // A veth leaves TCP/UDP checksums for "hardware" to fill in (CHECKSUM_PARTIAL); that
+        // promise is lost when XDP redirects the frame to another device, and the notice host
+        // would drop it as corrupt. Frames from a real wire are complete: make the client's
+        // frames so too.
+        let tx = topo
+            .client
+            .exec("ethtool", ["-K", &topo.client_iface, "tx", "off"]);
+        assert!(
+            tx.status.success(),
+            "ethtool -K {} tx off failed: {}",
+            topo.client_iface,
+            String::from_utf8_lossy(&tx.stderr)
+        );
+        // The replies come back to the edge on this link with the origins' addresses, which
+        // the edge routes elsewhere: strict reverse-path filtering would drop them.
+        for key in ["all", "default", host.edge_iface.as_str()] {
+            edge.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0");
+        }
+        let (pool4, len4) = ORIGIN_POOL_V4;
+        let (pool6, len6) = ORIGIN_POOL_V6;
+        ns.ip([
+            "-4",
+            "route",
+            "add",
+            "local",
+            &format!("{pool4}/{len4}"),
+            "dev",
+            "lo",
+        ]);
+        ns.ip([
+            "-6",
+            "route",
+            "add",
+            "local",
+            &format!("{pool6}/{len6}"),
+            "dev",
+            "lo",
+        ]);
+        ns.ip([
+            "-4",
+            "route",
+            "add",
+            "default",
+            "via",
+            &EDGE_NOTICE_V4.to_string(),
+        ]);
+        ns.ip([
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &EDGE_NOTICE_V6.to_string(),
+        ]);
+        host
+    }
+}
+
+/// Makes `iface` in `ns` accept frames that its veth peer sends with XDP_TX or XDP_REDIRECT
+/// at once, by running an XDP program on it: `edgeblock` itself, with its own pins under
+/// `bpffs` and no policy (so it passes everything). On a veth, such frames are only flushed to
+/// the peer right away when the peer has an XDP program (GRO alone queues them until other
+/// traffic arrives); a real NIC simply transmits them.
+pub fn accept_xdp_frames(ns: &Netns, iface: &str, bpffs: &crate::Bpffs) {
+    let out = ns
+        .command(crate::edgeblock_bin())
+        .arg("--pin-root")
+        .arg(bpffs.dir().join("bpffs").join(format!("rx-{iface}")))
+        .arg("--state-dir")
+        .arg(bpffs.state_dir())
+        .args(["attach", iface])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run edgeblock: {e}"));
+    assert!(
+        out.status.success(),
+        "edgeblock attach {iface} (an XDP program to receive XDP_TX frames) failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Drop for NoticeHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["-n", &self.edge, "link", "del", self.edge_iface.as_str()])
+            .output();
     }
 }
 

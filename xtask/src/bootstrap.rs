@@ -18,7 +18,15 @@ const BUILD_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 /// Debian packages the tests, the demo and the benchmarks run.
-const TEST_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "nftables", "xdp-tools", "curl"];
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "ethtool",
+    "nftables",
+    "xdp-tools",
+    "curl",
+    "chromium",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Where Debian's llvm-22-dev lives; bpf-linker's build finds LLVM through `LLVM_PREFIX`.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -6,7 +6,7 @@ use edgeblock::{
     loader::Filter,
 };
 
-use super::{Global, load_policy, lockout_problems, summary};
+use super::{Global, load_policy, lockout_problems, resolve_targets, summary};
 
 /// Compile a policy, diff it against the live maps and apply the difference without a gap.
 /// Prints +added -removed ~changed. A policy that fails validation changes nothing.
@@ -49,6 +49,12 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    let targets = resolve_targets(&compiled).with_context(|| {
+        format!(
+            "{}: cannot resolve a notice target; nothing was changed",
+            args.policy.display()
+        )
+    })?;
     let _lock = if args.dry_run { None } else { Some(g.lock()?) };
     let pins = g.pins();
     // A dry run before anything is loaded diffs against nothing; otherwise it reads the kernel.
@@ -67,7 +73,7 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         None => Live::empty(),
     };
     let now = jiff::Timestamp::now().as_second().max(0) as u64;
-    let plan = Plan::new(&compiled, &live, now)?;
+    let plan = Plan::new(&compiled, &live, &targets, now)?;
     let (added, removed, changed) = plan.counts();
     println!("{}: {}", args.policy.display(), summary(&compiled));
     let mut details = String::new();

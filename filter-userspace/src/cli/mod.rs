@@ -6,6 +6,7 @@ mod attach;
 mod check;
 mod detach;
 mod lookup;
+mod notice_server;
 mod stats;
 mod status;
 
@@ -66,6 +67,7 @@ enum Cmd {
     Status(status::Args),
     Stats(stats::Args),
     Lookup(lookup::Args),
+    NoticeServer(notice_server::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -78,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status(a) => status::run(g, a),
         Cmd::Stats(a) => stats::run(g, a),
         Cmd::Lookup(a) => lookup::run(g, a),
+        Cmd::NoticeServer(a) => notice_server::run(a),
     }
 }
 
@@ -120,6 +123,29 @@ fn lockout_problems(
         .context("reading this host's addresses and gateways for the lockout check")?;
     Ok(edgeblock::lockout::check(compiled, &host, &policy.protect))
 }
+
+/// Resolve every notice target the policy uses (interface, MACs) before anything is touched:
+/// an unresolvable target fails the command.
+fn resolve_targets(
+    compiled: &edgeblock::compile::Compiled,
+) -> anyhow::Result<Vec<filter_common::NoticeTarget>> {
+    compiled
+        .notices
+        .iter()
+        .map(|n| {
+            let r = edgeblock::neigh::resolve(&n.interface, n.next_hop, NEIGH_WAIT)
+                .with_context(|| format!("notice target {:?}", n.name))?;
+            Ok(filter_common::NoticeTarget {
+                ifindex: r.ifindex,
+                dst_mac: r.dst_mac,
+                src_mac: r.src_mac,
+            })
+        })
+        .collect()
+}
+
+/// How long to wait for the kernel to resolve a notice target's next hop.
+const NEIGH_WAIT: Duration = Duration::from_secs(2);
 
 fn summary(compiled: &edgeblock::compile::Compiled) -> String {
     let t = &compiled.tables;

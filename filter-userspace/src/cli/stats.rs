@@ -69,7 +69,7 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     }
     println!();
     let t = &stats.totals;
-    let rows: [(&str, CounterJson); 8] = [
+    let rows: [(&str, CounterJson); 10] = [
         ("pass (rule)", t.pass),
         ("drop (rule)", t.drop),
         ("redirect (rule)", t.redirect),
@@ -78,6 +78,8 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         ("non-IP (passed)", t.non_ip),
         ("malformed", t.malformed),
         ("malformed dropped", t.malformed_dropped),
+        ("reject unanswered", t.reject_unanswered),
+        ("redirect failed", t.redirect_failed),
     ];
     for (name, c) in rows {
         println!("{name:<24} {:>14} packets {:>16} bytes", c.packets, c.bytes);

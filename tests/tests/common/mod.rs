@@ -19,10 +19,13 @@ use edgeblock::{
     policy,
 };
 use edgeblock_tests::{Bpffs, require_root};
+use filter_common::NoticeTarget;
 
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
 
 /// Parses policy text; includes are not available to these tests.
 pub fn parse_policy(text: &str, name: &str) -> policy::Policy {
@@ -61,6 +64,8 @@ impl fmt::Display for Effect {
             XDP_ABORTED => "XDP_ABORTED",
             XDP_DROP => "XDP_DROP",
             XDP_PASS => "XDP_PASS",
+            XDP_TX => "XDP_TX",
+            XDP_REDIRECT => "XDP_REDIRECT",
             _ => "XDP_?",
         };
         write!(f, "{verdict} ({}); counters moved:", self.verdict)?;
@@ -96,8 +101,13 @@ impl Harness {
     }
 
     pub fn apply(&mut self, text: &str) -> Compiled {
+        self.apply_with_targets(text, &[])
+    }
+
+    /// Apply with notice targets already resolved (`targets[i]` for `compiled.notices[i]`).
+    pub fn apply_with_targets(&mut self, text: &str, targets: &[NoticeTarget]) -> Compiled {
         let compiled = compile(&parse_policy(text, "test.toml"));
-        apply(&mut self.filter.maps, &compiled, 1)
+        apply(&mut self.filter.maps, &compiled, targets, 1)
             .unwrap_or_else(|e| panic!("cannot apply the policy: {e}\n--- policy:\n{text}"));
         self.rules = self
             .filter
@@ -124,6 +134,8 @@ impl Harness {
             ("non_ip", g.non_ip),
             ("malformed", g.malformed),
             ("malformed_dropped", g.malformed_dropped),
+            ("reject_unanswered", g.reject_unanswered),
+            ("redirect_failed", g.redirect_failed),
         ]
         .into_iter()
         .map(|(name, c)| (name.to_owned(), (c.packets, c.bytes)))
@@ -154,6 +166,25 @@ impl Harness {
                 )
             })
             .return_value
+    }
+
+    /// The verdict and the frame as the program left it.
+    pub fn run_out(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; 4096];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        let r = self.filter.program().test_run(opts).unwrap_or_else(|e| {
+            panic!(
+                "BPF_PROG_TEST_RUN failed for a {}-byte frame: {e}",
+                frame.len()
+            )
+        });
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
     }
 
     /// The verdict and the counters one frame moved.
