@@ -609,6 +609,13 @@ pub enum PolicyError {
         known: KnownNotices,
     },
 
+    #[error(
+        "{location}: rule \"{rule}\": action \"redirect\" matches destinations only (the notice \
+         page is chosen by the address the visitor wanted); use direction = \"dst\", or \
+         action = \"reject\" or \"drop\" for a source"
+    )]
+    RedirectFromSource { location: Location, rule: String },
+
     #[error("{location}: rule \"{rule}\": notice {value:?} is not defined; {known}")]
     UnknownNotice {
         location: Location,
@@ -1229,6 +1236,17 @@ impl Validator<'_> {
             }
         };
         let notice = self.rule_notice(raw, &name, action, known);
+        // The notice server picks the page by the packet's destination, and redirecting a
+        // source's traffic would send it to a server with no page for where it was going.
+        if action == Some(Action::Redirect)
+            && direction == Some(Direction::Src)
+            && let Some(value) = &raw.direction
+        {
+            self.errors.push(PolicyError::RedirectFromSource {
+                location: self.at(value),
+                rule: name.clone(),
+            });
+        }
 
         let expires = raw.expires.as_ref().and_then(|value| {
             let location = self.at(value);
@@ -2605,6 +2623,30 @@ prefixes = ["198.51.100.0/24"]
             e,
             "policy.toml:10: rule \"r\": notice \"mian\" is not defined; defined: \"main\", \
              \"backup\""
+        );
+    }
+
+    #[test]
+    fn redirect_from_a_source_is_refused() {
+        let text = "[notice.n]\ninterface = \"eth1\"\nnext_hop = \"192.0.2.9\"\n\n[[rule]]\nname = \"r\"\ndirection = \"src\"\naction = \"redirect\"\nnotice = \"n\"\nprefixes = [\"198.51.100.0/24\"]\n";
+        let errors = parse(
+            text,
+            Path::new("policy.toml"),
+            jiff::Timestamp::UNIX_EPOCH,
+            |p| {
+                Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    p.display().to_string(),
+                ))
+            },
+        )
+        .expect_err("a source redirect must be refused");
+        let msg = errors.to_string();
+        assert!(
+            msg.contains(
+                "policy.toml:7: rule \"r\": action \"redirect\" matches destinations only"
+            ),
+            "{msg}"
         );
     }
 
