@@ -199,8 +199,39 @@ pub mod direction {
 
 /// Rule ids available (size of `EB_RULE_STATS` and `EB_RULES`).
 pub const MAX_RULES: u32 = 4096;
-/// Capacity of each IPv4 table (the LPM trie allocates per entry, so this is a ceiling only).
+/// Capacity of each IPv4 prefix table kept for userspace (`EB_DST_V4`/`EB_SRC_V4`, LPM tries
+/// that allocate per entry, so this is a ceiling only). The program itself looks IPv4 up in
+/// the range tables below.
 pub const MAX_V4_PREFIXES: u32 = 4 * 1024 * 1024;
+
+/// IPv4 lookup: DXR-style range tables (Zec, Rizzo, Mikuc 2012). The address space is cut into
+/// ranges with one result each; a direct table indexed by the top 16 bits gives the slice of
+/// ranges in that chunk, and a binary search over it finds the range. Two copies of everything
+/// (0 and 1): `apply` writes the inactive copy, then flips `EB_V4_ACTIVE`, so a packet always
+/// sees one whole policy.
+pub mod dxr {
+    /// Chunks indexed by the top 16 address bits.
+    pub const CHUNKS: u32 = 1 << 16;
+    /// Entries per direct table: one per chunk plus the end of the last chunk's slice.
+    pub const DIRECT_LEN: u32 = CHUNKS + 1;
+    /// Direct tables: (copy * 2 + direction) * DIRECT_LEN + chunk, in `EB_V4_DIRECT`.
+    pub const TABLES: u32 = 4;
+    /// Default capacity, in ranges, of each copy of the destination table (about two ranges
+    /// per prefix, so roughly a million prefixes); set another with EDGEBLOCK_V4_DST_RANGES
+    /// before the program is first loaded.
+    pub const DEFAULT_DST_RANGES: u32 = 1 << 21;
+    /// Default capacity of each copy of the source table (EDGEBLOCK_V4_SRC_RANGES).
+    pub const DEFAULT_SRC_RANGES: u32 = 1 << 18;
+    /// Steps of the binary search: enough for a chunk holding all 2^16 addresses as ranges.
+    pub const SEARCH_STEPS: u32 = 17;
+
+    /// A range: its first address in the high half, the result in the low half (0: no
+    /// match; n: the rule with id n - 1, whose entry is in `EB_V4_RESULTS`).
+    #[inline(always)]
+    pub const fn range(start: u32, result: u32) -> u64 {
+        ((start as u64) << 32) | result as u64
+    }
+}
 /// Capacity of each IPv6 table.
 pub const MAX_V6_PREFIXES: u32 = 1024 * 1024;
 
@@ -213,6 +244,13 @@ pub mod maps {
     pub const RULE_STATS: &str = "EB_RULE_STATS";
     pub const STATS: &str = "EB_STATS";
     pub const CONFIG: &str = "EB_CONFIG";
+    pub const V4_DIRECT: &str = "EB_V4_DIRECT";
+    pub const V4_RANGES_DST: &str = "EB_V4_RNG_DST";
+    pub const V4_RANGES_SRC: &str = "EB_V4_RNG_SRC";
+    /// Per copy, the `RuleEntry` of every rule id: copy * MAX_RULES + rule_id.
+    pub const V4_RESULTS: &str = "EB_V4_RESULTS";
+    /// Entry 0: which copy (0 or 1) of the IPv4 tables the program uses.
+    pub const V4_ACTIVE: &str = "EB_V4_ACTIVE";
     pub const NOTICE: &str = "EB_NOTICE";
     pub const NOTICE_DEV: &str = "EB_NOTICE_DEV";
     pub const REJECT_TB: &str = "EB_REJECT_TB";

@@ -18,6 +18,7 @@ use thiserror::Error;
 
 use crate::{
     compile::{Compiled, action_name},
+    dxr::Dxr,
     maps::{LpmPrefix, Maps, MapsError, Table, decode_name, encode_name},
 };
 
@@ -178,6 +179,11 @@ pub struct Plan {
     pub src_v6: TableDiff<Ipv6Net>,
     /// Every notice target slot as it must be (resolved targets first, then unused slots).
     pub notices: Vec<NoticeTarget>,
+    /// The IPv4 range tables the program will search, built from the whole new policy.
+    pub v4_dst: Dxr,
+    pub v4_src: Dxr,
+    /// The entry of every rule id in the new policy (the ranges name rules by id).
+    pub results: Vec<(u32, RuleEntry)>,
     pub config: Config,
     /// Name of each rule id, old and new, for printing.
     names: BTreeMap<u32, String>,
@@ -289,8 +295,27 @@ impl Plan {
         }
         let t = &compiled.tables;
         use filter_common::maps as n;
-        let dst_v4 = TableDiff::new(n::DST_V4, &live.dst_v4, &desired(&t.dst_v4, &ids, compiled));
-        let src_v4 = TableDiff::new(n::SRC_V4, &live.src_v4, &desired(&t.src_v4, &ids, compiled));
+        let want_dst_v4 = desired(&t.dst_v4, &ids, compiled);
+        let want_src_v4 = desired(&t.src_v4, &ids, compiled);
+        let dst_v4 = TableDiff::new(n::DST_V4, &live.dst_v4, &want_dst_v4);
+        let src_v4 = TableDiff::new(n::SRC_V4, &live.src_v4, &want_src_v4);
+        let ranges = |t: &BTreeMap<Ipv4Net, RuleEntry>| {
+            Dxr::build(t.iter().map(|(p, e)| (*p, e.rule_id + 1)))
+        };
+        let (v4_dst, v4_src) = (ranges(&want_dst_v4), ranges(&want_src_v4));
+        let results = ids
+            .iter()
+            .zip(&compiled.rules)
+            .map(|(&id, rule)| {
+                let entry = RuleEntry {
+                    rule_id: id,
+                    action: rule.action,
+                    flags: rule.flags,
+                    target: rule.target,
+                };
+                (id, entry)
+            })
+            .collect();
         let dst_v6 = TableDiff::new(n::DST_V6, &live.dst_v6, &desired(&t.dst_v6, &ids, compiled));
         let src_v6 = TableDiff::new(n::SRC_V6, &live.src_v6, &desired(&t.src_v6, &ids, compiled));
 
@@ -315,6 +340,9 @@ impl Plan {
             dst_v6,
             src_v6,
             notices,
+            v4_dst,
+            v4_src,
+            results,
             config,
             names,
         })
@@ -351,6 +379,20 @@ impl Plan {
     }
 
     fn check_capacity(&self, maps: &Maps) -> Result<(), ApplyError> {
+        use filter_common::{direction, maps as n};
+        for (table, dxr, dir) in [
+            (n::V4_RANGES_DST, &self.v4_dst, direction::DST),
+            (n::V4_RANGES_SRC, &self.v4_src, direction::SRC),
+        ] {
+            let capacity = maps.v4.capacity(dir);
+            if dxr.ranges.len() > capacity {
+                return Err(ApplyError::Capacity {
+                    table,
+                    needed: dxr.ranges.len(),
+                    capacity: capacity as u32,
+                });
+            }
+        }
         self.dst_v4.check_capacity(&maps.dst_v4)?;
         self.src_v4.check_capacity(&maps.src_v4)?;
         self.dst_v6.check_capacity(&maps.dst_v6)?;
@@ -385,6 +427,7 @@ impl Plan {
         self.src_v4.write(&mut maps.src_v4)?;
         self.dst_v6.write(&mut maps.dst_v6)?;
         self.src_v6.write(&mut maps.src_v6)?;
+        self.write_v4_ranges(maps)?;
         self.dst_v4.delete(&mut maps.dst_v4)?;
         self.src_v4.delete(&mut maps.src_v4)?;
         self.dst_v6.delete(&mut maps.dst_v6)?;
@@ -398,6 +441,48 @@ impl Plan {
             }
         }
         maps.set_config(&self.config)?;
+        Ok(())
+    }
+
+    /// Write the IPv4 range tables into the copy the program does not use, then switch it
+    /// over: one map update, so each packet sees the old policy or the new one, whole.
+    fn write_v4_ranges(&self, maps: &mut Maps) -> Result<(), ApplyError> {
+        use filter_common::{direction, dxr, maps as n};
+        let copy = 1 - maps.v4.active()?;
+        for (id, entry) in &self.results {
+            maps.v4
+                .results
+                .set(copy * MAX_RULES + id, entry, 0)
+                .map_err(|source| MapsError::Op {
+                    name: n::V4_RESULTS,
+                    source,
+                })?;
+        }
+        for (table, dir) in [
+            (&self.v4_dst, direction::DST),
+            (&self.v4_src, direction::SRC),
+        ] {
+            let cap = maps.v4.capacity(dir);
+            let base = copy as usize * cap;
+            let ranges = if dir == direction::SRC {
+                &mut maps.v4.src
+            } else {
+                &mut maps.v4.dst
+            };
+            ranges.as_mut_slice()[base..base + table.ranges.len()].copy_from_slice(&table.ranges);
+            let at = (copy * 2 + u32::from(dir)) as usize * dxr::DIRECT_LEN as usize;
+            let direct = &mut maps.v4.direct.as_mut_slice()[at..at + dxr::DIRECT_LEN as usize];
+            for (slot, start) in direct.iter_mut().zip(&table.direct) {
+                *slot = (base + *start as usize) as u64;
+            }
+        }
+        maps.v4
+            .active
+            .set(0, copy, 0)
+            .map_err(|source| MapsError::Op {
+                name: n::V4_ACTIVE,
+                source,
+            })?;
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod compile;
+pub mod dxr;
 pub mod loader;
 pub mod lock;
 pub mod lockout;

@@ -8,7 +8,7 @@ use std::{fs, io};
 
 use aya::{
     EbpfLoader,
-    maps::{Array, MapData, MapError},
+    maps::{Array, LpmTrie, MapData, MapError},
     programs::{
         ProgramError, Xdp,
         links::{FdLink, PinnedLink},
@@ -16,7 +16,7 @@ use aya::{
     },
 };
 use aya_obj::programs::XdpAttachType;
-use filter_common::{MAX_RULES, RuleMeta, maps as names};
+use filter_common::{MAX_RULES, MAX_V4_PREFIXES, RuleEntry, RuleMeta, dxr, maps as names};
 use thiserror::Error;
 
 use crate::{
@@ -31,10 +31,14 @@ pub static EBPF_OBJECT: &[u8] =
 /// The program's function name in filter-ebpf.
 pub const PROGRAM_NAME: &str = "edgeblock";
 
-/// Maps the program declares (the loader pins them); `EB_RULES` is created by userspace.
-const PROGRAM_MAPS: [&str; 10] = [
-    names::DST_V4,
-    names::SRC_V4,
+/// Maps the program declares (the loader pins them). `EB_RULES`, `EB_DST_V4` and `EB_SRC_V4`
+/// are created by userspace: the program never reads them.
+const PROGRAM_MAPS: [&str; 13] = [
+    names::V4_DIRECT,
+    names::V4_RANGES_DST,
+    names::V4_RANGES_SRC,
+    names::V4_RESULTS,
+    names::V4_ACTIVE,
     names::DST_V6,
     names::SRC_V6,
     names::RULE_STATS,
@@ -85,6 +89,8 @@ pub enum LoaderError {
     NotAttached { iface: String },
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
+    #[error("{var}={value:?}: expected a number of ranges from 65536 to 2^30")]
+    BadCapacity { var: &'static str, value: String },
 }
 
 /// How to attach.
@@ -333,11 +339,26 @@ pub fn purge(pins: &Pins) -> Result<(), LoaderError> {
         unpin_link(&pin)?;
     }
     remove_if_exists(&pins.prog()).map_err(io(&pins.prog()))?;
-    for name in PROGRAM_MAPS.iter().chain([&names::RULES]) {
+    for name in PROGRAM_MAPS
+        .iter()
+        .chain([&names::RULES, &names::DST_V4, &names::SRC_V4])
+    {
         let path = pins.map(name);
         remove_if_exists(&path).map_err(io(&path))?;
     }
     Ok(())
+}
+
+/// A range-table capacity from the environment, or the default.
+fn ranges_capacity(var: &'static str, default: u32) -> Result<u32, LoaderError> {
+    match std::env::var(var) {
+        Err(_) => Ok(default),
+        Ok(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (dxr::CHUNKS..=1 << 30).contains(n))
+            .ok_or(LoaderError::BadCapacity { var, value: v }),
+    }
 }
 
 fn remove_if_exists(path: &std::path::Path) -> io::Result<()> {
@@ -364,6 +385,12 @@ fn load_and_pin(pins: &Pins) -> Result<(), LoaderError> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
+    // Both copies of each IPv4 range table, sized before the maps exist (they are arrays:
+    // the memory is taken up front).
+    let dst_ranges = ranges_capacity("EDGEBLOCK_V4_DST_RANGES", dxr::DEFAULT_DST_RANGES)?;
+    let src_ranges = ranges_capacity("EDGEBLOCK_V4_SRC_RANGES", dxr::DEFAULT_SRC_RANGES)?;
+    loader.map_max_entries(names::V4_RANGES_DST, 2 * dst_ranges);
+    loader.map_max_entries(names::V4_RANGES_SRC, 2 * src_ranges);
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     let prog: &mut Xdp = ebpf
         .program_mut(PROGRAM_NAME)
@@ -377,6 +404,20 @@ fn load_and_pin(pins: &Pins) -> Result<(), LoaderError> {
         what: "loading the XDP program (verifier)".into(),
         source,
     })?;
+    for name in [names::DST_V4, names::SRC_V4] {
+        let path = pins.map(name);
+        if !path.exists() {
+            let table = LpmTrie::<MapData, [u8; 4], RuleEntry>::create(
+                MAX_V4_PREFIXES,
+                aya_obj::generated::BPF_F_NO_PREALLOC,
+            )
+            .map_err(|source| LoaderError::CreateMap { name, source })?;
+            table.pin(&path).map_err(|source| LoaderError::Pin {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+    }
     let rules_path = pins.map(names::RULES);
     if !rules_path.exists() {
         let rules = Array::<MapData, RuleMeta>::create(MAX_RULES, 0).map_err(|source| {

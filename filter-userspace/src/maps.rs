@@ -184,6 +184,136 @@ impl<P: LpmPrefix> Table<P> {
     }
 }
 
+/// An array map created with BPF_F_MMAPABLE, mapped into this process: the IPv4 range
+/// tables, written with plain stores instead of a syscall per element.
+pub struct MmapArray {
+    pub name: &'static str,
+    // Keeps the map open for as long as the mapping lives.
+    _data: MapData,
+    ptr: std::ptr::NonNull<u64>,
+    len: usize,
+    bytes: usize,
+}
+
+impl MmapArray {
+    fn open(pins: &Pins, name: &'static str) -> Result<Self, MapsError> {
+        let path = pins.map(name);
+        let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
+            name,
+            path: path.display().to_string(),
+            source,
+        })?;
+        let info = data.info().map_err(op(name))?;
+        let io = |source| MapsError::Io { name, source };
+        if info.value_size() != 8 {
+            return Err(io(std::io::Error::other(format!(
+                "value size {} where 8 was expected",
+                info.value_size()
+            ))));
+        }
+        let len = info.max_entries() as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let bytes = (len * 8).div_ceil(page) * page;
+        // SAFETY: a shared read-write mapping of a BPF_F_MMAPABLE array of `len` 8-byte
+        // values (the kernel rounds the array's memory up to whole pages); the fd is valid.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u64>())
+            .ok_or_else(|| io(std::io::Error::other("mmap returned NULL")))?;
+        Ok(Self {
+            name,
+            _data: data,
+            ptr,
+            len,
+            bytes,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u64] {
+        // SAFETY: the mapping holds `len` u64 values for as long as self lives. The program
+        // may read them concurrently; u64 stores and loads are single accesses.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u64] {
+        // SAFETY: as above; `&mut self` keeps this process from aliasing it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Kernel memory charged to the map.
+    pub fn memlock(&self) -> Result<u64, MapsError> {
+        memlock(&self._data).map_err(|source| MapsError::Io {
+            name: self.name,
+            source,
+        })
+    }
+}
+
+impl Drop for MmapArray {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `open` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// The IPv4 range tables the program searches, both copies.
+pub struct V4Ranges {
+    pub direct: MmapArray,
+    pub dst: MmapArray,
+    pub src: MmapArray,
+    pub results: Array<MapData, RuleEntry>,
+    pub active: Array<MapData, u32>,
+}
+
+impl V4Ranges {
+    fn open(pins: &Pins) -> Result<Self, MapsError> {
+        Ok(Self {
+            direct: MmapArray::open(pins, names::V4_DIRECT)?,
+            dst: MmapArray::open(pins, names::V4_RANGES_DST)?,
+            src: MmapArray::open(pins, names::V4_RANGES_SRC)?,
+            results: Array::try_from(open_map(pins, names::V4_RESULTS)?)
+                .map_err(op(names::V4_RESULTS))?,
+            active: Array::try_from(open_map(pins, names::V4_ACTIVE)?)
+                .map_err(op(names::V4_ACTIVE))?,
+        })
+    }
+
+    /// The copy the program uses now.
+    pub fn active(&self) -> Result<u32, MapsError> {
+        Ok(self.active.get(&0, 0).map_err(op(names::V4_ACTIVE))? & 1)
+    }
+
+    /// Ranges one copy of a direction's table can hold.
+    pub fn capacity(&self, direction: u8) -> usize {
+        let map = if direction == filter_common::direction::SRC {
+            &self.src
+        } else {
+            &self.dst
+        };
+        map.len() / 2
+    }
+}
+
 /// All pinned maps of one edgeblock instance.
 pub struct Maps {
     pub dst_v4: Table<Ipv4Net>,
@@ -196,6 +326,7 @@ pub struct Maps {
     pub rules: Array<MapData, RuleMeta>,
     pub notice: Array<MapData, NoticeTarget>,
     pub notice_dev: DevMap<MapData>,
+    pub v4: V4Ranges,
 }
 
 fn open_map(pins: &Pins, name: &'static str) -> Result<Map, MapsError> {
@@ -273,6 +404,7 @@ impl Maps {
             notice: Array::try_from(open_map(pins, names::NOTICE)?).map_err(op(names::NOTICE))?,
             notice_dev: DevMap::try_from(open_map(pins, names::NOTICE_DEV)?)
                 .map_err(op(names::NOTICE_DEV))?,
+            v4: V4Ranges::open(pins)?,
         })
     }
 
