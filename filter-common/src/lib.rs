@@ -199,10 +199,6 @@ pub mod direction {
 
 /// Rule ids available (size of `EB_RULE_STATS` and `EB_RULES`).
 pub const MAX_RULES: u32 = 4096;
-/// Capacity of each IPv4 prefix table kept for userspace (`EB_DST_V4`/`EB_SRC_V4`, LPM tries
-/// that allocate per entry, so this is a ceiling only). The program itself looks IPv4 up in
-/// the range tables below.
-pub const MAX_V4_PREFIXES: u32 = 4 * 1024 * 1024;
 
 /// IPv4 lookup: DXR-style range tables (Zec, Rizzo, Mikuc 2012). The address space is cut into
 /// ranges with one result each; a direct table indexed by the top 16 bits gives the slice of
@@ -216,14 +212,24 @@ pub mod dxr {
     pub const DIRECT_LEN: u32 = CHUNKS + 1;
     /// Direct tables: (copy * 2 + direction) * DIRECT_LEN + chunk, in `EB_V4_DIRECT`.
     pub const TABLES: u32 = 4;
-    /// Default capacity, in ranges, of each copy of the destination table (about two ranges
-    /// per prefix, so roughly a million prefixes); set another with EDGEBLOCK_V4_DST_RANGES
-    /// before the program is first loaded.
-    pub const DEFAULT_DST_RANGES: u32 = 1 << 21;
+    /// Default capacity, in ranges, of each copy of the destination table: a table needs at
+    /// most two ranges per prefix plus one per chunk, so this holds a million prefixes
+    /// (17 MiB per copy). Set another with EDGEBLOCK_V4_DST_RANGES before the program is
+    /// first loaded.
+    pub const DEFAULT_DST_RANGES: u32 = (1 << 21) + (1 << 17);
     /// Default capacity of each copy of the source table (EDGEBLOCK_V4_SRC_RANGES).
     pub const DEFAULT_SRC_RANGES: u32 = 1 << 18;
     /// Steps of the binary search: enough for a chunk holding all 2^16 addresses as ranges.
     pub const SEARCH_STEPS: u32 = 17;
+
+    /// The record of the prefixes each copy was built from (`EB_V4_REC_DST`/`_SRC`, written
+    /// and read by userspace only, through mmap): per copy, slot 0 holds the count, then one
+    /// `record(...)` per prefix in ascending order. It has room for half as many prefixes as
+    /// the copy has ranges.
+    #[inline(always)]
+    pub const fn record(network: u32, len: u8, rule_id: u32) -> u64 {
+        ((network as u64) << 32) | ((len as u64) << 24) | (rule_id as u64 & 0xff_ffff)
+    }
 
     /// A range: its first address in the high half, the result in the low half (0: no
     /// match; n: the rule with id n - 1, whose entry is in `EB_V4_RESULTS`).
@@ -232,13 +238,14 @@ pub mod dxr {
         ((start as u64) << 32) | result as u64
     }
 }
+/// Most IPv4 prefixes a table can ever be given; the loaded program's own capacity (see
+/// `dxr::DEFAULT_DST_RANGES`) is usually smaller and is checked by `apply`.
+pub const MAX_V4_PREFIXES: u32 = 1 << 24;
 /// Capacity of each IPv6 table.
 pub const MAX_V6_PREFIXES: u32 = 1024 * 1024;
 
 /// Map names, shared so the loader and the program cannot disagree.
 pub mod maps {
-    pub const DST_V4: &str = "EB_DST_V4";
-    pub const SRC_V4: &str = "EB_SRC_V4";
     pub const DST_V6: &str = "EB_DST_V6";
     pub const SRC_V6: &str = "EB_SRC_V6";
     pub const RULE_STATS: &str = "EB_RULE_STATS";
@@ -251,6 +258,9 @@ pub mod maps {
     pub const V4_RESULTS: &str = "EB_V4_RESULTS";
     /// Entry 0: which copy (0 or 1) of the IPv4 tables the program uses.
     pub const V4_ACTIVE: &str = "EB_V4_ACTIVE";
+    /// Created by userspace; the program never reads them.
+    pub const V4_RECORD_DST: &str = "EB_V4_REC_DST";
+    pub const V4_RECORD_SRC: &str = "EB_V4_REC_SRC";
     pub const NOTICE: &str = "EB_NOTICE";
     pub const NOTICE_DEV: &str = "EB_NOTICE_DEV";
     pub const REJECT_TB: &str = "EB_REJECT_TB";

@@ -12,7 +12,9 @@ use std::{
     fmt,
 };
 
-use filter_common::{Config, MAX_NOTICE_TARGETS, MAX_RULES, NoticeTarget, RuleEntry, RuleMeta};
+use filter_common::{
+    Config, MAX_NOTICE_TARGETS, MAX_RULES, NoticeTarget, RuleEntry, RuleMeta, direction,
+};
 use ipnet::{Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
@@ -60,8 +62,8 @@ impl Live {
             config: maps.config()?,
             metas: maps.rule_metas()?,
             notices: maps.notice_targets()?,
-            dst_v4: maps.dst_v4.entries()?,
-            src_v4: maps.src_v4.entries()?,
+            dst_v4: maps.v4.record(direction::DST)?,
+            src_v4: maps.v4.record(direction::SRC)?,
             dst_v6: maps.dst_v6.entries()?,
             src_v6: maps.src_v6.entries()?,
         })
@@ -141,20 +143,15 @@ impl<P: LpmPrefix> TableDiff<P> {
     }
 
     fn write(&self, table: &mut Table<P>) -> Result<(), MapsError> {
-        for (p, e) in &self.add {
-            table.insert(p, *e)?;
-        }
-        for (p, _, e) in &self.change {
-            table.insert(p, *e)?;
-        }
-        Ok(())
+        let items: Vec<(P, RuleEntry)> = (self.add.iter().copied())
+            .chain(self.change.iter().map(|(p, _, e)| (*p, *e)))
+            .collect();
+        table.insert_all(&items)
     }
 
     fn delete(&self, table: &mut Table<P>) -> Result<(), MapsError> {
-        for (p, _) in &self.remove {
-            table.remove(p)?;
-        }
-        Ok(())
+        let prefixes: Vec<P> = self.remove.iter().map(|(p, _)| *p).collect();
+        table.remove_all(&prefixes)
     }
 
     fn is_empty(&self) -> bool {
@@ -182,6 +179,9 @@ pub struct Plan {
     /// The IPv4 range tables the program will search, built from the whole new policy.
     pub v4_dst: Dxr,
     pub v4_src: Dxr,
+    /// The prefixes each table is built from, as `dxr::record` values in ascending order.
+    pub v4_dst_record: Vec<u64>,
+    pub v4_src_record: Vec<u64>,
     /// The entry of every rule id in the new policy (the ranges name rules by id).
     pub results: Vec<(u32, RuleEntry)>,
     pub config: Config,
@@ -297,12 +297,20 @@ impl Plan {
         use filter_common::maps as n;
         let want_dst_v4 = desired(&t.dst_v4, &ids, compiled);
         let want_src_v4 = desired(&t.src_v4, &ids, compiled);
-        let dst_v4 = TableDiff::new(n::DST_V4, &live.dst_v4, &want_dst_v4);
-        let src_v4 = TableDiff::new(n::SRC_V4, &live.src_v4, &want_src_v4);
+        let dst_v4 = TableDiff::new("dst v4", &live.dst_v4, &want_dst_v4);
+        let src_v4 = TableDiff::new("src v4", &live.src_v4, &want_src_v4);
         let ranges = |t: &BTreeMap<Ipv4Net, RuleEntry>| {
             Dxr::build(t.iter().map(|(p, e)| (*p, e.rule_id + 1)))
         };
         let (v4_dst, v4_src) = (ranges(&want_dst_v4), ranges(&want_src_v4));
+        let record = |t: &BTreeMap<Ipv4Net, RuleEntry>| -> Vec<u64> {
+            t.iter()
+                .map(|(p, e)| {
+                    filter_common::dxr::record(u32::from(p.network()), p.prefix_len(), e.rule_id)
+                })
+                .collect()
+        };
+        let (v4_dst_record, v4_src_record) = (record(&want_dst_v4), record(&want_src_v4));
         let results = ids
             .iter()
             .zip(&compiled.rules)
@@ -342,6 +350,8 @@ impl Plan {
             notices,
             v4_dst,
             v4_src,
+            v4_dst_record,
+            v4_src_record,
             results,
             config,
             names,
@@ -379,22 +389,37 @@ impl Plan {
     }
 
     fn check_capacity(&self, maps: &Maps) -> Result<(), ApplyError> {
-        use filter_common::{direction, maps as n};
-        for (table, dxr, dir) in [
-            (n::V4_RANGES_DST, &self.v4_dst, direction::DST),
-            (n::V4_RANGES_SRC, &self.v4_src, direction::SRC),
+        use filter_common::maps as n;
+        for (table, needed, capacity) in [
+            (
+                n::V4_RANGES_DST,
+                self.v4_dst.ranges.len(),
+                maps.v4.capacity(direction::DST),
+            ),
+            (
+                n::V4_RANGES_SRC,
+                self.v4_src.ranges.len(),
+                maps.v4.capacity(direction::SRC),
+            ),
+            (
+                n::V4_RECORD_DST,
+                self.v4_dst_record.len(),
+                maps.v4.record_capacity(direction::DST),
+            ),
+            (
+                n::V4_RECORD_SRC,
+                self.v4_src_record.len(),
+                maps.v4.record_capacity(direction::SRC),
+            ),
         ] {
-            let capacity = maps.v4.capacity(dir);
-            if dxr.ranges.len() > capacity {
+            if needed > capacity {
                 return Err(ApplyError::Capacity {
                     table,
-                    needed: dxr.ranges.len(),
+                    needed,
                     capacity: capacity as u32,
                 });
             }
         }
-        self.dst_v4.check_capacity(&maps.dst_v4)?;
-        self.src_v4.check_capacity(&maps.src_v4)?;
         self.dst_v6.check_capacity(&maps.dst_v6)?;
         self.src_v6.check_capacity(&maps.src_v6)
     }
@@ -423,13 +448,9 @@ impl Plan {
             c.reject_capacity_ns = self.config.reject_capacity_ns;
             maps.set_config(&c)?;
         }
-        self.dst_v4.write(&mut maps.dst_v4)?;
-        self.src_v4.write(&mut maps.src_v4)?;
         self.dst_v6.write(&mut maps.dst_v6)?;
         self.src_v6.write(&mut maps.src_v6)?;
         self.write_v4_ranges(maps)?;
-        self.dst_v4.delete(&mut maps.dst_v4)?;
-        self.src_v4.delete(&mut maps.src_v4)?;
         self.dst_v6.delete(&mut maps.dst_v6)?;
         self.src_v6.delete(&mut maps.src_v6)?;
         for id in &self.freed {
@@ -447,8 +468,12 @@ impl Plan {
     /// Write the IPv4 range tables into the copy the program does not use, then switch it
     /// over: one map update, so each packet sees the old policy or the new one, whole.
     fn write_v4_ranges(&self, maps: &mut Maps) -> Result<(), ApplyError> {
-        use filter_common::{direction, dxr, maps as n};
+        use filter_common::{dxr, maps as n};
         let copy = 1 - maps.v4.active()?;
+        maps.v4
+            .write_record(copy, direction::DST, &self.v4_dst_record);
+        maps.v4
+            .write_record(copy, direction::SRC, &self.v4_src_record);
         for (id, entry) in &self.results {
             maps.v4
                 .results
@@ -772,6 +797,6 @@ prefixes = ["203.0.113.0/24"]
         plan.write_details(&mut out, 1).expect("format");
         assert!(out.contains("  rule + block"), "{out}");
         assert!(out.contains("+ 203.0.113.0/24 drop (block)"), "{out}");
-        assert!(out.contains("... and 1 more in EB_DST_V4"), "{out}");
+        assert!(out.contains("... and 1 more in dst v4"), "{out}");
     }
 }

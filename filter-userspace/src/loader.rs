@@ -8,7 +8,7 @@ use std::{fs, io};
 
 use aya::{
     EbpfLoader,
-    maps::{Array, LpmTrie, MapData, MapError},
+    maps::{Array, MapData, MapError},
     programs::{
         ProgramError, Xdp,
         links::{FdLink, PinnedLink},
@@ -16,7 +16,7 @@ use aya::{
     },
 };
 use aya_obj::programs::XdpAttachType;
-use filter_common::{MAX_RULES, MAX_V4_PREFIXES, RuleEntry, RuleMeta, dxr, maps as names};
+use filter_common::{MAX_RULES, RuleMeta, dxr, maps as names};
 use thiserror::Error;
 
 use crate::{
@@ -31,8 +31,8 @@ pub static EBPF_OBJECT: &[u8] =
 /// The program's function name in filter-ebpf.
 pub const PROGRAM_NAME: &str = "edgeblock";
 
-/// Maps the program declares (the loader pins them). `EB_RULES`, `EB_DST_V4` and `EB_SRC_V4`
-/// are created by userspace: the program never reads them.
+/// Maps the program declares (the loader pins them). `EB_RULES` and the IPv4 records are
+/// created by userspace: the program never reads them.
 const PROGRAM_MAPS: [&str; 13] = [
     names::V4_DIRECT,
     names::V4_RANGES_DST,
@@ -339,9 +339,10 @@ pub fn purge(pins: &Pins) -> Result<(), LoaderError> {
         unpin_link(&pin)?;
     }
     remove_if_exists(&pins.prog()).map_err(io(&pins.prog()))?;
-    for name in PROGRAM_MAPS
-        .iter()
-        .chain([&names::RULES, &names::DST_V4, &names::SRC_V4])
+    for name in
+        PROGRAM_MAPS
+            .iter()
+            .chain([&names::RULES, &names::V4_RECORD_DST, &names::V4_RECORD_SRC])
     {
         let path = pins.map(name);
         remove_if_exists(&path).map_err(io(&path))?;
@@ -404,15 +405,20 @@ fn load_and_pin(pins: &Pins) -> Result<(), LoaderError> {
         what: "loading the XDP program (verifier)".into(),
         source,
     })?;
-    for name in [names::DST_V4, names::SRC_V4] {
+    // The records of the prefixes behind each copy of the range tables: half as many
+    // prefixes as ranges, plus the count in slot 0 of each copy.
+    for (name, ranges) in [
+        (names::V4_RECORD_DST, dst_ranges),
+        (names::V4_RECORD_SRC, src_ranges),
+    ] {
         let path = pins.map(name);
         if !path.exists() {
-            let table = LpmTrie::<MapData, [u8; 4], RuleEntry>::create(
-                MAX_V4_PREFIXES,
-                aya_obj::generated::BPF_F_NO_PREALLOC,
+            let record = Array::<MapData, u64>::create(
+                2 * (ranges / 2 + 1),
+                aya_obj::generated::BPF_F_MMAPABLE,
             )
             .map_err(|source| LoaderError::CreateMap { name, source })?;
-            table.pin(&path).map_err(|source| LoaderError::Pin {
+            record.pin(&path).map_err(|source| LoaderError::Pin {
                 path: path.display().to_string(),
                 source,
             })?;

@@ -1,7 +1,8 @@
 //! Typed handles on the pinned maps, and the conversion between `ipnet` prefixes and LPM keys.
 //!
-//! This and `filter-ebpf/src/lookup.rs` are the only places that know prefixes live in kernel
-//! LPM tries; everything else speaks `Ipv4Net`/`Ipv6Net`.
+//! This, `dxr` and `filter-ebpf/src/lookup.rs` are the only places that know how prefixes are
+//! stored (IPv4: range tables for the program plus a hash map record; IPv6: LPM tries);
+//! everything else speaks `Ipv4Net`/`Ipv6Net`.
 
 use std::{
     collections::BTreeMap,
@@ -107,16 +108,21 @@ impl LpmPrefix for Ipv6Net {
     }
 }
 
-/// One address table (direction x family).
+/// One IPv6 address table (direction): the LPM trie the program searches.
 pub struct Table<P: LpmPrefix> {
     pub name: &'static str,
-    pub map: LpmTrie<MapData, P::Bytes, RuleEntry>,
+    map: LpmTrie<MapData, P::Bytes, RuleEntry>,
 }
 
 impl<P: LpmPrefix> Table<P> {
     fn open(pins: &Pins, name: &'static str) -> Result<Self, MapsError> {
         let map = LpmTrie::try_from(open_map(pins, name)?).map_err(op(name))?;
         Ok(Self { name, map })
+    }
+
+    fn map_data(&self) -> &MapData {
+        use aya::maps::IterableMap as _;
+        self.map.map()
     }
 
     /// Every entry, read from the kernel.
@@ -144,35 +150,44 @@ impl<P: LpmPrefix> Table<P> {
         Ok(self.map.keys().next().is_none())
     }
 
-    /// The kernel's longest-prefix answer for a full-length address: what the program sees.
-    pub fn lookup(&self, addr: P::Bytes) -> Result<Option<RuleEntry>, MapsError> {
-        match self.map.get(&Key::new(u32::from(P::MAX_LEN), addr), 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(op(self.name)(e)),
-        }
+    /// The kernel's own longest-prefix answer, with the prefix that gave it (found by a scan:
+    /// an LPM lookup returns the value only).
+    pub fn longest_match(&self, addr: P::Bytes) -> Result<Option<(P, RuleEntry)>, MapsError> {
+        let entry = match self.map.get(&Key::new(u32::from(P::MAX_LEN), addr), 0) {
+            Ok(v) => v,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(op(self.name)(e)),
+        };
+        let prefix = self
+            .entries()?
+            .into_iter()
+            .filter(|(p, e)| p.contains_bytes(addr) && *e == entry)
+            .map(|(p, _)| p)
+            .max_by_key(LpmPrefix::bits);
+        Ok(prefix.map(|p| (p, entry)))
     }
 
-    pub fn insert(&mut self, prefix: &P, value: RuleEntry) -> Result<(), MapsError> {
-        self.map
-            .insert(&prefix.to_key(), value, 0)
-            .map_err(op(self.name))
+    /// Insert or update every item.
+    pub fn insert_all(&mut self, items: &[(P, RuleEntry)]) -> Result<(), MapsError> {
+        for (p, e) in items {
+            self.map.insert(&p.to_key(), e, 0).map_err(op(self.name))?;
+        }
+        Ok(())
     }
 
-    pub fn remove(&mut self, prefix: &P) -> Result<(), MapsError> {
-        match self.map.remove(&prefix.to_key()) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(op(self.name)(e)),
+    /// Remove every prefix (absent ones are fine).
+    pub fn remove_all(&mut self, prefixes: &[P]) -> Result<(), MapsError> {
+        for p in prefixes {
+            match self.map.remove(&p.to_key()) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(op(self.name)(e)),
+            }
         }
+        Ok(())
     }
 
     pub fn capacity(&self) -> Result<u32, MapsError> {
         Ok(self.map_data().info().map_err(op(self.name))?.max_entries())
-    }
-
-    fn map_data(&self) -> &MapData {
-        use aya::maps::IterableMap as _;
-        self.map.map()
     }
 
     /// Kernel memory charged to the map (`memlock` in fdinfo).
@@ -281,6 +296,8 @@ pub struct V4Ranges {
     pub direct: MmapArray,
     pub dst: MmapArray,
     pub src: MmapArray,
+    pub record_dst: MmapArray,
+    pub record_src: MmapArray,
     pub results: Array<MapData, RuleEntry>,
     pub active: Array<MapData, u32>,
 }
@@ -291,6 +308,8 @@ impl V4Ranges {
             direct: MmapArray::open(pins, names::V4_DIRECT)?,
             dst: MmapArray::open(pins, names::V4_RANGES_DST)?,
             src: MmapArray::open(pins, names::V4_RANGES_SRC)?,
+            record_dst: MmapArray::open(pins, names::V4_RECORD_DST)?,
+            record_src: MmapArray::open(pins, names::V4_RECORD_SRC)?,
             results: Array::try_from(open_map(pins, names::V4_RESULTS)?)
                 .map_err(op(names::V4_RESULTS))?,
             active: Array::try_from(open_map(pins, names::V4_ACTIVE)?)
@@ -312,12 +331,90 @@ impl V4Ranges {
         };
         map.len() / 2
     }
+
+    fn record_map(&self, direction: u8) -> &MmapArray {
+        if direction == filter_common::direction::SRC {
+            &self.record_src
+        } else {
+            &self.record_dst
+        }
+    }
+
+    /// Prefixes one copy of a direction's record can hold.
+    pub fn record_capacity(&self, direction: u8) -> usize {
+        self.record_map(direction).len() / 2 - 1
+    }
+
+    /// The prefixes and entries the active copy was built from.
+    pub fn record(&self, direction: u8) -> Result<BTreeMap<Ipv4Net, RuleEntry>, MapsError> {
+        let copy = self.active()?;
+        let mut entries: BTreeMap<u32, RuleEntry> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for r in self.record_slice(copy, direction) {
+            let (net, len, id) = ((*r >> 32) as u32, (*r >> 24) as u8, (*r & 0xff_ffff) as u32);
+            let entry = match entries.get(&id) {
+                Some(e) => *e,
+                None => {
+                    let e = self
+                        .results
+                        .get(&(copy * MAX_RULES + id), 0)
+                        .map_err(op(names::V4_RESULTS))?;
+                    entries.insert(id, e);
+                    e
+                }
+            };
+            if let Ok(p) = Ipv4Net::new(Ipv4Addr::from(net), len) {
+                out.insert(p, entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Prefixes in the active copy's record.
+    pub fn record_len(&self, direction: u8) -> Result<usize, MapsError> {
+        Ok(self.record_slice(self.active()?, direction).len())
+    }
+
+    /// The record of one copy: its prefixes, without the count slot.
+    fn record_slice(&self, copy: u32, direction: u8) -> &[u64] {
+        let all = self.record_map(direction).as_slice();
+        let half = all.len() / 2;
+        let base = copy as usize * half;
+        let n = (all[base] as usize).min(half - 1);
+        &all[base + 1..base + 1 + n]
+    }
+
+    /// Write one copy's record (the count last: the copy is not in use, and a reader of a
+    /// half-written one sees fewer prefixes, never garbage).
+    pub fn write_record(&mut self, copy: u32, direction: u8, records: &[u64]) {
+        let map = if direction == filter_common::direction::SRC {
+            &mut self.record_src
+        } else {
+            &mut self.record_dst
+        };
+        let all = map.as_mut_slice();
+        let base = copy as usize * (all.len() / 2);
+        all[base] = 0;
+        all[base + 1..base + 1 + records.len()].copy_from_slice(records);
+        all[base] = records.len() as u64;
+    }
+
+    /// The longest prefix in the active record holding `addr`, with its entry.
+    pub fn longest_match(
+        &self,
+        direction: u8,
+        addr: Ipv4Addr,
+    ) -> Result<Option<(Ipv4Net, RuleEntry)>, MapsError> {
+        Ok(self
+            .record(direction)?
+            .into_iter()
+            .filter(|(p, _)| p.contains(&addr))
+            .max_by_key(|(p, _)| p.prefix_len()))
+    }
 }
 
 /// All pinned maps of one edgeblock instance.
 pub struct Maps {
-    pub dst_v4: Table<Ipv4Net>,
-    pub src_v4: Table<Ipv4Net>,
     pub dst_v6: Table<Ipv6Net>,
     pub src_v6: Table<Ipv6Net>,
     pub rule_stats: PerCpuArray<MapData, Counter>,
@@ -391,8 +488,6 @@ impl From<Counter> for CounterJson {
 impl Maps {
     pub fn open(pins: &Pins) -> Result<Self, MapsError> {
         Ok(Self {
-            dst_v4: Table::open(pins, names::DST_V4)?,
-            src_v4: Table::open(pins, names::SRC_V4)?,
             dst_v6: Table::open(pins, names::DST_V6)?,
             src_v6: Table::open(pins, names::SRC_V6)?,
             rule_stats: PerCpuArray::try_from(open_map(pins, names::RULE_STATS)?)
@@ -500,8 +595,6 @@ impl Maps {
         use aya::maps::IterableMap as _;
         let io = |name| move |source| MapsError::Io { name, source };
         Ok(vec![
-            (self.dst_v4.name, self.dst_v4.memlock()?),
-            (self.src_v4.name, self.src_v4.memlock()?),
             (self.dst_v6.name, self.dst_v6.memlock()?),
             (self.src_v6.name, self.src_v6.memlock()?),
             (
@@ -520,6 +613,11 @@ impl Maps {
                 names::RULES,
                 memlock(self.rules.map()).map_err(io(names::RULES))?,
             ),
+            (names::V4_DIRECT, self.v4.direct.memlock()?),
+            (names::V4_RANGES_DST, self.v4.dst.memlock()?),
+            (names::V4_RANGES_SRC, self.v4.src.memlock()?),
+            (names::V4_RECORD_DST, self.v4.record_dst.memlock()?),
+            (names::V4_RECORD_SRC, self.v4.record_src.memlock()?),
         ])
     }
 }

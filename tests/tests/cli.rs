@@ -366,3 +366,43 @@ fn a_link_whose_interface_vanished_is_reported_and_replaced_on_attach() {
     assert!(healthy(), "attach replaced the stale link");
     assert!(run_in_ns(&["status"]).contains("ebs0 (native mode)"));
 }
+
+#[test]
+fn a_policy_larger_than_the_tables_is_refused_and_changes_nothing() {
+    let env = Env::new();
+    let good = env.file("good.toml", GOOD);
+    // Tables sized at first load: room for 70,000 IPv4 ranges per copy (65,536 go to the
+    // chunks themselves).
+    let run = |args: &[&str]| {
+        env.cmd()
+            .env("EDGEBLOCK_V4_DST_RANGES", "70000")
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    let out = run(&["apply", path(&good)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let before = env.snapshot();
+    let list: String = (0..5000u32)
+        .map(|i| format!("{}.{}.7.1/32\n", 1 + i / 250, i % 250))
+        .collect();
+    env.file("big.netset", &list);
+    let big = env.file(
+        "big.toml",
+        &format!(
+            "{GOOD}\n[[rule]]\nname = \"big\"\naction = \"drop\"\ninclude = [\"big.netset\"]\n"
+        ),
+    );
+    let out = run(&["apply", path(&big)]);
+    assert!(!out.status.success(), "must not fit: {}", text(&out));
+    assert!(
+        text(&out).contains("EB_V4_RNG_DST") && text(&out).contains("at most 70000"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "a policy that does not fit changes nothing"
+    );
+}

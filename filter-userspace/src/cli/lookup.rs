@@ -5,7 +5,7 @@ use edgeblock::{
     loader::Filter,
     maps::{LpmPrefix, Table, decode_name},
 };
-use filter_common::RuleEntry;
+use filter_common::{RuleEntry, direction};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::Global;
@@ -22,10 +22,13 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     let filter = Filter::open(&g.pins())?;
     let m = &filter.maps;
     let (dst, src) = match args.addr {
-        IpAddr::V4(a) => (
-            find::<Ipv4Net>(&m.dst_v4, a.octets())?,
-            find::<Ipv4Net>(&m.src_v4, a.octets())?,
-        ),
+        IpAddr::V4(a) => {
+            let named = |hit: Option<(Ipv4Net, RuleEntry)>| hit.map(|(p, e)| (p.to_string(), e));
+            (
+                named(m.v4.longest_match(direction::DST, a)?),
+                named(m.v4.longest_match(direction::SRC, a)?),
+            )
+        }
         IpAddr::V6(a) => (
             find::<Ipv6Net>(&m.dst_v6, a.octets())?,
             find::<Ipv6Net>(&m.src_v6, a.octets())?,
@@ -47,21 +50,10 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The kernel's own longest-prefix answer, plus the prefix that gave it (found by a scan,
-/// since an LPM lookup returns only the value).
+/// The longest prefix the live table holds for `addr`, named.
 fn find<P: LpmPrefix>(
     table: &Table<P>,
     addr: P::Bytes,
 ) -> anyhow::Result<Option<(String, RuleEntry)>> {
-    let Some(entry) = table.lookup(addr)? else {
-        return Ok(None);
-    };
-    let prefix = table
-        .entries()?
-        .into_iter()
-        .filter(|(p, e)| p.contains_bytes(addr) && *e == entry)
-        .map(|(p, _)| p)
-        .max_by_key(LpmPrefix::bits)
-        .map_or_else(|| "?".to_owned(), |p| p.to_string());
-    Ok(Some((prefix, entry)))
+    Ok(table.longest_match(addr)?.map(|(p, e)| (p.to_string(), e)))
 }

@@ -105,8 +105,8 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
             },
         },
         entries: Entries {
-            dst_v4: m.dst_v4.len()?,
-            src_v4: m.src_v4.len()?,
+            dst_v4: m.v4.record_len(filter_common::direction::DST)?,
+            src_v4: m.v4.record_len(filter_common::direction::SRC)?,
             dst_v6: m.dst_v6.len()?,
             src_v6: m.src_v6.len()?,
         },
