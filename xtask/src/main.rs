@@ -32,7 +32,9 @@ enum Task {
     /// Arguments after `--` go to both test runs, e.g. `cargo xtask test -- --nocapture`.
     Test(test::Args),
     /// Show edgeblock end to end: build it, attach it in a throwaway client/edge/origin
-    /// topology, apply examples/policy.toml, and probe which origins still answer (needs root).
+    /// topology, apply examples/policy.toml and probe which origins still answer; then add a
+    /// notice server beside the edge and show redirect, reject, drop and pass side by side
+    /// with examples/notice-policy.toml (needs root).
     Demo(demo::Args),
 }
 
