@@ -1,11 +1,14 @@
 //! Apply a compiled policy to the live maps: read what is there, plan the difference, then
 //! write it in an order that never opens a gap.
 //!
-//! Order of writes: rule metadata for new ids (their counters zeroed first), then every insert
-//! and update, then every delete, then the metadata of ids no longer used, then the config.
-//! A prefix present in both the old and the new policy is therefore never absent, not even
-//! for one packet, and an interrupted apply leaves a state the next apply converges from
-//! (the plan is always computed against what the kernel holds, not against a state file).
+//! Order of writes: rule metadata for new ids (their counters zeroed first) and notice
+//! targets, then every IPv6 insert and update, then the IPv4 range tables and their record,
+//! written whole into the copy the program does not use and switched in by one update, then
+//! every IPv6 delete, then the metadata of ids no longer used, then the config (whose policy
+//! hash marks the apply complete). A prefix present in both the old and the new policy is
+//! therefore never absent, not even for one packet, and an interrupted apply leaves a state
+//! the next apply converges from (the plan is always computed against what the kernel holds,
+//! not against a state file).
 
 use std::{
     collections::{BTreeMap, BTreeSet},

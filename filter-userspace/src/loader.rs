@@ -369,12 +369,9 @@ fn remove_if_exists(path: &std::path::Path) -> io::Result<()> {
     }
 }
 
+/// The interface's index, 0 when there is no such interface.
 fn if_index(iface: &str) -> u32 {
-    let Ok(c) = std::ffi::CString::new(iface) else {
-        return 0;
-    };
-    // SAFETY: a NUL-terminated string that outlives the call.
-    unsafe { libc::if_nametoindex(c.as_ptr()) }
+    nix::net::if_::if_nametoindex(iface).unwrap_or(0)
 }
 
 /// Load the object with every map pinned under `pins` (reusing maps already pinned there),
