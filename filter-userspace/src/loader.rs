@@ -28,6 +28,11 @@ use crate::{
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edgeblock-xdp"));
 
+/// Benchmark-only (`cargo xtask bench`): filter-ebpf's `xdp-drop` object, holding the bare
+/// XDP_DROP floor (`xdp_drop`), an `xdp_pass` and the live-traffic generator (`xdp_gen`).
+/// edgeblock itself never loads it.
+pub static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-drop"));
+
 /// The program's function name in filter-ebpf.
 pub const PROGRAM_NAME: &str = "edgeblock";
 

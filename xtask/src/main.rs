@@ -3,6 +3,7 @@
 //! Installing the toolchain pieces the eBPF build and the tests need, running the privileged
 //! test suite, and the end-to-end demo in throwaway network namespaces.
 
+mod bench;
 mod bootstrap;
 mod cargo;
 mod demo;
@@ -36,6 +37,12 @@ enum Task {
     /// notice server beside the edge and show redirect, reject, drop and pass side by side
     /// with examples/notice-policy.toml (needs root).
     Demo(demo::Args),
+    /// Measure edgeblock (needs root): per-packet cost against a bare XDP_DROP up to millions
+    /// of prefixes, live drop rate against xdp-filter and nftables, apply time, map memory and
+    /// correctness while policies change. See docs/performance.md.
+    ///
+    /// Prints one table and writes bench.json and scaling.svg to --out.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +51,7 @@ fn main() -> ExitCode {
         Task::Bootstrap(args) => bootstrap::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
+        Task::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
