@@ -168,12 +168,14 @@ pub fn is_bpffs(path: &Path) -> bool {
 }
 
 fn mount_bpffs(path: &Path) -> Result<(), PinsError> {
+    // Mode 0700, as systemd mounts it: a default bpffs is world-writable (1777), and anyone
+    // who creates the pin root first would control what edgeblock pins there.
     mount(
         Some("bpf"),
         path,
         Some("bpf"),
         MsFlags::empty(),
-        None::<&str>,
+        Some("mode=0700"),
     )
     .map_err(|e| PinsError::Mount {
         path: path.to_path_buf(),

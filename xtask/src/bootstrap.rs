@@ -261,12 +261,14 @@ fn bpffs(args: &Args, missing: &mut Vec<String>) -> Result<()> {
         return Err(needs_root("mounting the bpffs", &command));
     }
     println!("$ {command}");
+    // Mode 0700, as systemd mounts it (the default is world-writable 1777): see
+    // docs/security.md, "The bpffs mount".
     nix::mount::mount(
         Some("bpf"),
         BPFFS,
         Some("bpf"),
         MsFlags::empty(),
-        None::<&str>,
+        Some("mode=0700"),
     )
     .with_context(|| format!("`{command}` failed"))
 }

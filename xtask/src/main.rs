@@ -7,6 +7,7 @@ mod bench;
 mod bootstrap;
 mod cargo;
 mod demo;
+mod fuzz;
 mod test;
 
 use std::process::ExitCode;
@@ -37,6 +38,12 @@ enum Task {
     /// notice server beside the edge and show redirect, reject, drop and pass side by side
     /// with examples/notice-policy.toml (needs root).
     Demo(demo::Args),
+    /// Fuzz the policy parser, the prefix-list importer and the compiler (cargo-fuzz, installed
+    /// when missing) for --seconds each, then run the differential test at 1,000 policies x
+    /// 1,000 frames (needs root). Crashes are saved under fuzz/artifacts/<target>.
+    ///
+    /// --ci: 30 s per target with -rss_limit_mb=2048, and no long differential run.
+    Fuzz(fuzz::Args),
     /// Measure edgeblock (needs root): per-packet cost against a bare XDP_DROP up to millions
     /// of prefixes, live drop rate against xdp-filter and nftables, apply time, map memory and
     /// correctness while policies change. See docs/performance.md.
@@ -51,6 +58,7 @@ fn main() -> ExitCode {
         Task::Bootstrap(args) => bootstrap::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench(args) => bench::run(&args),
     };
     match result {
