@@ -2,7 +2,7 @@
 //! problem, and leaves the pinned maps exactly as they were.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output},
     time::Duration,
 };
@@ -102,18 +102,7 @@ impl Env {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
+use edgeblock_tests::{output_text as text, utf8 as path};
 
 #[test]
 fn inspecting_before_anything_is_loaded_says_what_to_do() {

@@ -113,18 +113,7 @@ impl Env {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
+use edgeblock_tests::{output_text as text, utf8 as path};
 
 /// A child process that is killed (SIGKILL) and reaped if the test panics before it ends.
 struct Running(Child);

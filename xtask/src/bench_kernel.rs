@@ -15,37 +15,7 @@ use edgeblock::{apply, compile::Compiled, loader::Filter, pins::Pins, policy};
 use super::bench_prefixes::{V4, V6};
 use super::bench_report::{Cost, Memory};
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    // Only an atomic store: anything more is not async-signal-safe.
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Turns Ctrl-C (and SIGTERM, SIGHUP) into a flag checked between steps, so that the run
-/// unwinds through its guards (namespaces, the bpffs mount) instead of dying with them in
-/// place. A step in progress (one generator call, one apply) finishes first.
-pub fn catch_interrupts() -> Result<()> {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(signal, &action) }
-            .with_context(|| format!("cannot install a {signal} handler"))?;
-    }
-    Ok(())
-}
-
-pub fn check_interrupt() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
+pub use crate::interrupt::{catch as catch_interrupts, check as check_interrupt};
 
 /// XDP return values (`enum xdp_action`).
 pub const XDP_ABORTED: u32 = 0;

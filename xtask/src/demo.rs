@@ -25,7 +25,7 @@ use edgeblock_tests::{
     Bpffs, EDGEBLOCK_BIN_ENV, EchoServer, Netns, NoticeHost, Topology, accept_xdp_frames, addr,
     is_root, ping, remove_stale_namespaces, tcp_connect, tcp_echo, tcp_echo_server,
 };
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::bootstrap;
@@ -89,36 +89,7 @@ const DESTINATIONS: [(IpAddr, Expect, &str); 7] = [
     ),
 ];
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    // Only an atomic store: anything more is not async-signal-safe.
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Turns Ctrl-C (and SIGTERM, SIGHUP) into a flag the demo checks between steps, so that it
-/// unwinds through its guards instead of dying with the namespaces still in place. The child
-/// processes get the terminal's SIGINT too, so a step in progress ends early by itself.
-fn catch_interrupts() -> Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(signal, &action) }
-            .with_context(|| format!("cannot install a {signal} handler"))?;
-    }
-    Ok(())
-}
-
-fn check_interrupt() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
+use crate::interrupt::{catch as catch_interrupts, check as check_interrupt};
 
 pub fn run(args: &Args) -> Result<()> {
     catch_interrupts()?;

@@ -8,6 +8,7 @@ mod bootstrap;
 mod cargo;
 mod demo;
 mod fuzz;
+mod interrupt;
 mod test;
 
 use std::process::ExitCode;
