@@ -15,3 +15,7 @@ pub mod notice;
 pub mod pins;
 pub mod policy;
 pub mod reference;
+
+/// Where edgeblock keeps what must survive a reboot: runtime blocks, the audit log, the last good
+/// policy. `--data-dir` / `EDGEBLOCK_DATA_DIR` override it.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/edgeblock";

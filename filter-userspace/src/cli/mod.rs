@@ -43,6 +43,9 @@ struct Global {
     /// How long to wait for another edgeblock that is changing state (e.g. 10s, 1m).
     #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
     lock_timeout: Duration,
+    /// Directory for persistent state: runtime blocks, the audit log, cached policies.
+    #[arg(long, env = "EDGEBLOCK_DATA_DIR", default_value = edgeblock::DEFAULT_DATA_DIR, global = true)]
+    data_dir: PathBuf,
 }
 
 impl Global {
