@@ -38,6 +38,34 @@ pub struct Args {
     /// Seed of the generated prefix lists (the same seed gives the same lists).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Run only these parts (repeatable); the others are reported as skipped. For working on
+    /// one part: a full run is what docs/performance.md quotes.
+    #[arg(long, value_enum)]
+    pub only: Vec<Part>,
+}
+
+/// The parts of a run, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Per-packet cost (BPF_PROG_TEST_RUN) against the floor, at every size.
+    Cost,
+    /// Apply times and map memory.
+    Control,
+    /// Wrong verdicts while a large policy changes (needs `control`).
+    Correctness,
+    /// Live drop rates against xdp-filter and nftables.
+    Live,
+}
+
+impl Args {
+    /// Whether this run includes `part`.
+    #[cfg_attr(
+        not(feature = "bench"),
+        expect(dead_code, reason = "only the bench build runs the parts")
+    )]
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -68,6 +96,10 @@ fn reexec(args: &Args) -> Result<()> {
         .current_dir(workspace_root());
     if args.quick {
         cmd.arg("--quick");
+    }
+    for part in &args.only {
+        let name = clap::ValueEnum::to_possible_value(part).context("a part has a name")?;
+        cmd.arg("--only").arg(name.get_name());
     }
     run_checked(&mut cmd).context("the benchmark failed")
 }
@@ -191,7 +223,16 @@ mod imp {
     /// Run `f`, turning an error or a panic (the namespace harness panics) into a message, so
     /// that one failed part of the benchmark is reported and the others still run. Guards
     /// (namespaces, bpffs mounts) are dropped while the panic unwinds.
-    fn section<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T, String> {
+    fn section<T>(
+        args: &Args,
+        part: super::Part,
+        name: &str,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T, String> {
+        if !args.runs(part) {
+            eprintln!("== {name}: skipped (--only)");
+            return Err("skipped (--only)".into());
+        }
         eprintln!("== {name}");
         let start = Instant::now();
         let f = || {
@@ -578,7 +619,7 @@ mod imp {
             v6_miss: v6_miss(&mut rng),
         };
 
-        let floor = section("per-packet floor", || {
+        let floor = section(args, super::Part::Cost, "per-packet floor", || {
             k::cost(
                 floor_prog(&floor_obj)?,
                 &v4_frame(frames.v4_hit.1),
@@ -588,7 +629,7 @@ mod imp {
             )
         });
         let mut sizes = Vec::new();
-        let scaling = section("per-packet scaling", || {
+        let scaling = section(args, super::Part::Cost, "per-packet scaling", || {
             let cli = Cli {
                 bin: &cli_bin,
                 pin_root: bpffs.pin_root().join("scaling"),
@@ -629,16 +670,23 @@ mod imp {
             }
         }
         let mut control_filter = None;
-        let control = section("control plane", || {
+        let control = section(args, super::Part::Control, "control plane", || {
             let (c, f) = control(&bpffs, &cli_bin, &plan, &v4)?;
             control_filter = Some(f);
             Ok(c)
         });
-        let correctness = section("correctness under change", || match control_filter.take() {
-            Some(f) => correctness(&bpffs, f, &plan, &v4, args.seed),
-            None => bail!("the control-plane part failed, so there is no loaded policy to change"),
-        });
-        let live = section("live drop rate", || {
+        let correctness = section(
+            args,
+            super::Part::Correctness,
+            "correctness under change",
+            || match control_filter.take() {
+                Some(f) => correctness(&bpffs, f, &plan, &v4, args.seed),
+                None => {
+                    bail!("the control-plane part failed, so there is no loaded policy to change")
+                }
+            },
+        );
+        let live = section(args, super::Part::Live, "live drop rate", || {
             let cli = Cli {
                 bin: &cli_bin,
                 pin_root: bpffs.pin_root().join("live"),
