@@ -197,14 +197,26 @@ pub mod direction {
     pub const SRC: u8 = 1;
 }
 
+/// Bits of `EB_ACTIVE` entry 0, written in one update by `apply` after it has filled the copy
+/// it names: which copy the program reads, and which of that copy's tables hold any prefix.
+/// The program skips the lookup of an empty table (most policies have no source rules).
+pub mod active {
+    /// The copy (0 or 1) of every table the program uses.
+    pub const COPY: u32 = 1;
+    pub const V4_DST: u32 = 1 << 1;
+    pub const V4_SRC: u32 = 1 << 2;
+    pub const V6_DST: u32 = 1 << 3;
+    pub const V6_SRC: u32 = 1 << 4;
+}
+
 /// Rule ids available (size of `EB_RULE_STATS` and `EB_RULES`).
 pub const MAX_RULES: u32 = 4096;
 
-/// IPv4 lookup: DXR-style range tables (Zec, Rizzo, Mikuc 2012). The address space is cut into
-/// ranges with one result each; a direct table indexed by the top 16 bits gives the slice of
-/// ranges in that chunk, and a binary search over it finds the range. Two copies of everything
-/// (0 and 1): `apply` writes the inactive copy, then flips `EB_V4_ACTIVE`, so a packet always
-/// sees one whole policy.
+/// Address lookup: DXR-style range tables (Zec, Rizzo, Mikuc 2012), for IPv4 and IPv6. The
+/// address space is cut into ranges with one result each; a direct table indexed by the top
+/// 16 address bits gives the slice of ranges in that chunk, and a binary search over it finds
+/// the range. Two copies of everything (0 and 1): `apply` writes the inactive copy, then flips
+/// `EB_ACTIVE`, so a packet always sees one whole policy, both families.
 pub mod dxr {
     /// Chunks indexed by the top 16 address bits.
     pub const CHUNKS: u32 = 1 << 16;
@@ -221,6 +233,15 @@ pub mod dxr {
     pub const DEFAULT_SRC_RANGES: u32 = 1 << 18;
     /// Steps of the binary search: enough for a chunk holding all 2^16 addresses as ranges.
     pub const SEARCH_STEPS: u32 = 17;
+    /// IPv6 chunks span 2^112 addresses, so a slice is bounded only by the table: enough steps
+    /// for 2^24 ranges.
+    pub const V6_SEARCH_STEPS: u32 = 20;
+    /// Default capacity of each copy of the IPv6 destination table (EDGEBLOCK_V6_DST_RANGES):
+    /// a table needs at most two ranges per prefix plus one per chunk, so this holds about
+    /// 290k prefixes (14 MiB per copy).
+    pub const DEFAULT_V6_DST_RANGES: u32 = (1 << 19) + (1 << 16);
+    /// Default capacity of each copy of the IPv6 source table (EDGEBLOCK_V6_SRC_RANGES).
+    pub const DEFAULT_V6_SRC_RANGES: u32 = 1 << 17;
 
     /// The record of the prefixes each copy was built from (`EB_V4_REC_DST`/`_SRC`, written
     /// and read by userspace only, through mmap): per copy, slot 0 holds the count, then one
@@ -238,29 +259,45 @@ pub mod dxr {
         ((start as u64) << 32) | result as u64
     }
 }
+/// An IPv6 range (`EB_V6_RNG_*`) or record entry (`EB_V6_REC_*`): the first address as two
+/// big-endian halves, and the result (ranges: 0 or rule id + 1) or, in a record,
+/// `len << 24 | rule_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Range6 {
+    pub start_hi: u64,
+    pub start_lo: u64,
+    pub value: u64,
+}
+const _: () = assert!(size_of::<Range6>() == 24);
+
 /// Most IPv4 prefixes a table can ever be given; the loaded program's own capacity (see
 /// `dxr::DEFAULT_DST_RANGES`) is usually smaller and is checked by `apply`.
 pub const MAX_V4_PREFIXES: u32 = 1 << 24;
-/// Capacity of each IPv6 table.
-pub const MAX_V6_PREFIXES: u32 = 1024 * 1024;
+/// Most IPv6 prefixes a table can ever be given; the loaded program's own capacity
+/// (`dxr::DEFAULT_V6_DST_RANGES`) is checked by `apply`.
+pub const MAX_V6_PREFIXES: u32 = 1 << 22;
 
 /// Map names, shared so the loader and the program cannot disagree.
 pub mod maps {
-    pub const DST_V6: &str = "EB_DST_V6";
-    pub const SRC_V6: &str = "EB_SRC_V6";
     pub const RULE_STATS: &str = "EB_RULE_STATS";
     pub const STATS: &str = "EB_STATS";
     pub const CONFIG: &str = "EB_CONFIG";
     pub const V4_DIRECT: &str = "EB_V4_DIRECT";
     pub const V4_RANGES_DST: &str = "EB_V4_RNG_DST";
     pub const V4_RANGES_SRC: &str = "EB_V4_RNG_SRC";
+    pub const V6_DIRECT: &str = "EB_V6_DIRECT";
+    pub const V6_RANGES_DST: &str = "EB_V6_RNG_DST";
+    pub const V6_RANGES_SRC: &str = "EB_V6_RNG_SRC";
     /// Per copy, the `RuleEntry` of every rule id: copy * MAX_RULES + rule_id.
-    pub const V4_RESULTS: &str = "EB_V4_RESULTS";
-    /// Entry 0: which copy (0 or 1) of the IPv4 tables the program uses.
-    pub const V4_ACTIVE: &str = "EB_V4_ACTIVE";
+    pub const RESULTS: &str = "EB_RESULTS";
+    /// Entry 0: which copy (0 or 1) of the tables the program uses.
+    pub const ACTIVE: &str = "EB_ACTIVE";
     /// Created by userspace; the program never reads them.
     pub const V4_RECORD_DST: &str = "EB_V4_REC_DST";
     pub const V4_RECORD_SRC: &str = "EB_V4_REC_SRC";
+    pub const V6_RECORD_DST: &str = "EB_V6_REC_DST";
+    pub const V6_RECORD_SRC: &str = "EB_V6_REC_SRC";
     pub const NOTICE: &str = "EB_NOTICE";
     pub const NOTICE_DEV: &str = "EB_NOTICE_DEV";
     pub const REJECT_TB: &str = "EB_REJECT_TB";
@@ -278,4 +315,5 @@ mod pod {
     unsafe impl aya::Pod for super::RuleMeta {}
     unsafe impl aya::Pod for super::NoticeTarget {}
     unsafe impl aya::Pod for super::TokenBucket {}
+    unsafe impl aya::Pod for super::Range6 {}
 }

@@ -1,17 +1,13 @@
 //! Address lookup: the only module that knows how prefixes are stored for the data path.
 //!
-//! IPv4: DXR-style range tables (see `filter_common::dxr`): a direct table indexed by the top
-//! 16 address bits gives the slice of ranges in that chunk, a bounded binary search finds the
-//! range, and the range names the rule. The hot part (the direct table, 512 KiB per table and
-//! copy) stays in cache, and a lookup touches a handful of cache lines however many prefixes
-//! there are. IPv6: one kernel LPM trie per direction.
+//! DXR-style range tables for both families (see `filter_common::dxr`): a direct table
+//! indexed by the top 16 address bits gives the slice of ranges in that chunk, a bounded
+//! binary search finds the range, and the range names the rule. The hot part (the direct
+//! table, 512 KiB per table and copy) stays in cache, and a lookup touches a handful of cache
+//! lines however many prefixes there are.
 
-use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
-    macros::map,
-    maps::{Array, LpmTrie, lpm_trie::Key},
-};
-use filter_common::{MAX_RULES, MAX_V6_PREFIXES, RuleEntry, action, direction, dxr};
+use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
+use filter_common::{MAX_RULES, Range6, RuleEntry, action, active, direction, dxr};
 
 /// Direct tables: start of each chunk's slice of ranges, as an absolute index into the range
 /// map of the table's direction (the copy's offset included).
@@ -26,57 +22,112 @@ static EB_V4_RNG_DST: Array<u64> =
 #[map(name = "EB_V4_RNG_SRC")]
 static EB_V4_RNG_SRC: Array<u64> =
     Array::with_max_entries(2 * dxr::DEFAULT_SRC_RANGES, BPF_F_MMAPABLE);
-/// Per copy, the entry of every rule id.
-#[map(name = "EB_V4_RESULTS")]
-static EB_V4_RESULTS: Array<RuleEntry> = Array::with_max_entries(2 * MAX_RULES, 0);
-/// Entry 0: the copy in use.
-#[map(name = "EB_V4_ACTIVE")]
-static EB_V4_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+/// The IPv6 counterparts (EDGEBLOCK_V6_DST_RANGES, EDGEBLOCK_V6_SRC_RANGES).
+#[map(name = "EB_V6_DIRECT")]
+static EB_V6_DIRECT: Array<u64> =
+    Array::with_max_entries(dxr::TABLES * dxr::DIRECT_LEN, BPF_F_MMAPABLE);
+#[map(name = "EB_V6_RNG_DST")]
+static EB_V6_RNG_DST: Array<Range6> =
+    Array::with_max_entries(2 * dxr::DEFAULT_V6_DST_RANGES, BPF_F_MMAPABLE);
+#[map(name = "EB_V6_RNG_SRC")]
+static EB_V6_RNG_SRC: Array<Range6> =
+    Array::with_max_entries(2 * dxr::DEFAULT_V6_SRC_RANGES, BPF_F_MMAPABLE);
+/// Per copy, the entry of every rule id (both families).
+#[map(name = "EB_RESULTS")]
+static EB_RESULTS: Array<RuleEntry> = Array::with_max_entries(2 * MAX_RULES, 0);
+/// Entry 0: the copy in use (both families) and which of its tables hold prefixes.
+#[map(name = "EB_ACTIVE")]
+static EB_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
-#[map(name = "EB_DST_V6")]
-static EB_DST_V6: LpmTrie<[u8; 16], RuleEntry> = LpmTrie::with_max_entries(MAX_V6_PREFIXES, 0);
-#[map(name = "EB_SRC_V6")]
-static EB_SRC_V6: LpmTrie<[u8; 16], RuleEntry> = LpmTrie::with_max_entries(MAX_V6_PREFIXES, 0);
-
-/// The rule of the range holding `addr` in one direction's IPv4 table.
+/// The entry a range's result names in the active copy.
 #[inline(always)]
-fn v4(dir: u8, ranges: &'static Array<u64>, addr: [u8; 4]) -> Option<&'static RuleEntry> {
-    // Ranges compare as integers: one byte swap per lookup.
-    let a = u32::from_be_bytes(addr);
-    let copy = *EB_V4_ACTIVE.get(0)? & 1;
-    let base = (copy * 2 + u32::from(dir)) * dxr::DIRECT_LEN + (a >> 16);
-    let mut lo = *EB_V4_DIRECT.get(base)? as u32;
-    let mut hi = *EB_V4_DIRECT.get(base + 1)? as u32;
-    if hi <= lo {
-        // Every chunk holds at least one range: an empty slice is a table not yet written.
+fn result(copy: u32, result: u32) -> Option<&'static RuleEntry> {
+    if result == 0 {
         return None;
     }
-    // Invariant: the range at `lo` starts at or before `a` (each slice starts at its chunk's
-    // first address); the answer is the last such range in [lo, hi).
-    for _ in 0..dxr::SEARCH_STEPS {
+    EB_RESULTS.get(copy * MAX_RULES + (result - 1))
+}
+
+/// The slice [lo, hi) of a chunk's ranges, from a direct table.
+#[inline(always)]
+fn slice(direct: &'static Array<u64>, copy: u32, dir: u8, chunk: u32) -> Option<(u32, u32)> {
+    let base = (copy * 2 + u32::from(dir)) * dxr::DIRECT_LEN + chunk;
+    let lo = *direct.get(base)? as u32;
+    let hi = *direct.get(base + 1)? as u32;
+    // Every chunk holds at least one range: an empty slice is a table not yet written.
+    (hi > lo).then_some((lo, hi))
+}
+
+/// The last range of the slice `[lo, hi)` that starts at or before the address, which
+/// `at_or_before` compares. Invariant: the range at `lo` qualifies (each slice starts at its
+/// chunk's first address).
+#[inline(always)]
+fn search<R>(
+    ranges: &'static Array<R>,
+    (mut lo, mut hi): (u32, u32),
+    steps: u32,
+    at_or_before: impl Fn(&R) -> bool,
+) -> Option<&'static R> {
+    for _ in 0..steps {
         if hi - lo <= 1 {
             break;
         }
         let mid = lo + (hi - lo) / 2;
-        if (*ranges.get(mid)? >> 32) as u32 <= a {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
+        // Branch-free step: one verifier path per iteration, not two.
+        let right = u32::from(at_or_before(ranges.get(mid)?)).wrapping_neg();
+        lo = (mid & right) | (lo & !right);
+        hi = (hi & right) | (mid & !right);
     }
-    let result = *ranges.get(lo)? as u32;
-    if result == 0 {
-        return None;
-    }
-    EB_V4_RESULTS.get(copy * MAX_RULES + (result - 1))
+    ranges.get(lo)
 }
 
+/// The rule of the range holding `addr` in one direction's IPv4 table.
 #[inline(always)]
-fn lpm<const N: usize>(
-    map: &'static LpmTrie<[u8; N], RuleEntry>,
-    addr: &[u8; N],
+fn v4(
+    copy: u32,
+    dir: u8,
+    ranges: &'static Array<u64>,
+    addr: [u8; 4],
 ) -> Option<&'static RuleEntry> {
-    map.get(Key::new((N * 8) as u32, *addr))
+    // Ranges compare as integers: one byte swap per lookup.
+    let a = u32::from_be_bytes(addr);
+    let slice = slice(&EB_V4_DIRECT, copy, dir, a >> 16)?;
+    let r = search(ranges, slice, dxr::SEARCH_STEPS, |r| (*r >> 32) as u32 <= a)?;
+    result(copy, *r as u32)
+}
+
+/// The IPv6 counterpart of `v4`: 128-bit starts compared as two 64-bit halves.
+#[inline(always)]
+fn v6(
+    copy: u32,
+    dir: u8,
+    ranges: &'static Array<Range6>,
+    addr: &[u8; 16],
+) -> Option<&'static RuleEntry> {
+    let a = addr;
+    let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    let slice = slice(&EB_V6_DIRECT, copy, dir, (hi >> 48) as u32)?;
+    let r = search(ranges, slice, dxr::V6_SEARCH_STEPS, |r| {
+        r.start_hi < hi || (r.start_hi == hi && r.start_lo <= lo)
+    })?;
+    result(copy, r.value as u32)
+}
+
+/// `EB_ACTIVE`: the copy in use and which of its tables hold prefixes (`filter_common::active`).
+#[inline(always)]
+fn active() -> u32 {
+    EB_ACTIVE.get(0).copied().unwrap_or(0)
+}
+
+/// `lookup()` when the table holds prefixes, else `None` without touching it.
+#[inline(always)]
+fn when(
+    active: u32,
+    table: u32,
+    lookup: impl FnOnce() -> Option<&'static RuleEntry>,
+) -> Option<&'static RuleEntry> {
+    if active & table != 0 { lookup() } else { None }
 }
 
 /// Precedence (docs/policy.md): each direction resolves its own longest prefix; a blocking
@@ -102,12 +153,32 @@ fn decide(
 
 #[inline(always)]
 pub fn decide_v4(src: [u8; 4], dst: [u8; 4]) -> Option<&'static RuleEntry> {
-    decide(v4(direction::DST, &EB_V4_RNG_DST, dst), || {
-        v4(direction::SRC, &EB_V4_RNG_SRC, src)
-    })
+    let act = active();
+    let copy = act & active::COPY;
+    decide(
+        when(act, active::V4_DST, || {
+            v4(copy, direction::DST, &EB_V4_RNG_DST, dst)
+        }),
+        || {
+            when(act, active::V4_SRC, || {
+                v4(copy, direction::SRC, &EB_V4_RNG_SRC, src)
+            })
+        },
+    )
 }
 
 #[inline(always)]
 pub fn decide_v6(src: &[u8; 16], dst: &[u8; 16]) -> Option<&'static RuleEntry> {
-    decide(lpm(&EB_DST_V6, dst), || lpm(&EB_SRC_V6, src))
+    let act = active();
+    let copy = act & active::COPY;
+    decide(
+        when(act, active::V6_DST, || {
+            v6(copy, direction::DST, &EB_V6_RNG_DST, dst)
+        }),
+        || {
+            when(act, active::V6_SRC, || {
+                v6(copy, direction::SRC, &EB_V6_RNG_SRC, src)
+            })
+        },
+    )
 }

@@ -22,7 +22,7 @@ use filter_common::{
     Config, Counter, MAX_RULES, RuleEntry, TokenBucket, action, malformed, rule_flags, stat,
 };
 
-use crate::parse::{Addrs, Packet, ParseError, ptr_at};
+use crate::parse::{Packet, ParseError, ptr_at};
 
 /// Per-rule packets/bytes, indexed by `RuleEntry::rule_id`.
 #[map(name = "EB_RULE_STATS")]
@@ -54,32 +54,35 @@ enum Outcome {
 // part, and counts bytes with bpf_xdp_get_buff_len), so it can sit on jumbo-MTU interfaces.
 #[xdp(frags)]
 pub fn edgeblock(ctx: XdpContext) -> u32 {
-    match try_filter(&ctx) {
+    // Once per packet: the parser and every counter use it. Bytes counted are those of the
+    // packet as it arrived, before any rewrite.
+    // SAFETY: ctx.ctx is the xdp_md the kernel passed to this program.
+    let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+    match try_filter(&ctx, len) {
         Ok(Outcome::NonIp) => {
-            count(&EB_STATS, stat::NON_IP, &ctx);
+            count(&EB_STATS, stat::NON_IP, len);
             XDP_PASS
         }
         Ok(Outcome::NoMatch) => {
-            count(&EB_STATS, stat::NO_MATCH, &ctx);
+            count(&EB_STATS, stat::NO_MATCH, len);
             XDP_PASS
         }
         Ok(Outcome::Rule(entry, pkt)) => {
-            // Counted before any rewrite, so bytes are those of the packet as it arrived.
-            count(&EB_RULE_STATS, entry.rule_id, &ctx);
-            count(&EB_STATS, u32::from(entry.action), &ctx);
+            count(&EB_RULE_STATS, entry.rule_id, len);
+            count(&EB_STATS, u32::from(entry.action), len);
             match entry.action {
                 action::PASS => XDP_PASS,
                 action::DROP => XDP_DROP,
-                action::REJECT => reject(&ctx, &pkt),
+                action::REJECT => reject(&ctx, &pkt, len),
                 action::REDIRECT
                     if entry.flags & rule_flags::HTTPS_REJECT != 0 && is_https(&ctx, &pkt) =>
                 {
-                    reject(&ctx, &pkt)
+                    reject(&ctx, &pkt, len)
                 }
                 action::REDIRECT => match redirect::redirect(&ctx, &pkt, entry.target) {
                     Some(verdict) => verdict,
                     None => {
-                        count(&EB_STATS, stat::REDIRECT_FAILED, &ctx);
+                        count(&EB_STATS, stat::REDIRECT_FAILED, len);
                         XDP_DROP
                     }
                 },
@@ -89,7 +92,7 @@ pub fn edgeblock(ctx: XdpContext) -> u32 {
             }
         }
         Err(ParseError::Malformed) => {
-            count(&EB_STATS, stat::MALFORMED, &ctx);
+            count(&EB_STATS, stat::MALFORMED, len);
             // Only the malformed path pays for the config lookup.
             let pass = EB_CONFIG
                 .get(0)
@@ -97,21 +100,24 @@ pub fn edgeblock(ctx: XdpContext) -> u32 {
             if pass {
                 XDP_PASS
             } else {
-                count(&EB_STATS, stat::MALFORMED_DROPPED, &ctx);
+                count(&EB_STATS, stat::MALFORMED_DROPPED, len);
                 XDP_DROP
             }
         }
     }
 }
 
+/// Headers, lookups, then the rest of the headers (the IPv6 extension-header walk): a packet
+/// whose headers do not hold together is malformed whatever its addresses match.
 #[inline(always)]
-fn try_filter(ctx: &XdpContext) -> Result<Outcome, ParseError> {
-    let pkt = parse::packet(ctx)?;
-    let entry = match &pkt.addrs {
-        Addrs::NonIp => return Ok(Outcome::NonIp),
-        Addrs::V4 { src, dst } => lookup::decide_v4(*src, *dst),
-        Addrs::V6 { src, dst } => lookup::decide_v6(src, dst),
+fn try_filter(ctx: &XdpContext, len: u64) -> Result<Outcome, ParseError> {
+    let fixed = parse::headers(ctx, len as usize)?;
+    let entry = match fixed.family {
+        parse::FAMILY_V4 => lookup::decide_v4(fixed.src4(), fixed.dst4()),
+        parse::FAMILY_V6 => lookup::decide_v6(&fixed.src, &fixed.dst),
+        _ => return Ok(Outcome::NonIp),
     };
+    let pkt = parse::finish(ctx, &fixed)?;
     Ok(match entry {
         Some(e) => Outcome::Rule(e, pkt),
         None => Outcome::NoMatch,
@@ -121,14 +127,14 @@ fn try_filter(ctx: &XdpContext) -> Result<Outcome, ParseError> {
 /// Answer the packet (TCP reset, ICMP unreachable) if it may be answered and the rate limit
 /// allows; otherwise drop it.
 #[inline(always)]
-fn reject(ctx: &XdpContext, pkt: &Packet) -> u32 {
+fn reject(ctx: &XdpContext, pkt: &Packet, len: u64) -> u32 {
     let answered = reply::answerable(ctx, pkt).is_ok()
         && reply::allow(EB_CONFIG.get(0), EB_REJECT_TB.get_ptr_mut(0))
         && reply::build(ctx, pkt).is_ok();
     if answered {
         XDP_TX
     } else {
-        count(&EB_STATS, stat::REJECT_UNANSWERED, ctx);
+        count(&EB_STATS, stat::REJECT_UNANSWERED, len);
         XDP_DROP
     }
 }
@@ -149,14 +155,13 @@ fn is_https(ctx: &XdpContext, pkt: &Packet) -> bool {
 }
 
 #[inline(always)]
-fn count(map: &PerCpuArray<Counter>, index: u32, ctx: &XdpContext) {
+fn count(map: &PerCpuArray<Counter>, index: u32, len: u64) {
     if let Some(c) = map.get_ptr_mut(index) {
         // SAFETY: a per-CPU array slot is only touched by this CPU while the program runs,
         // and XDP programs are not preempted by another XDP program on the same CPU.
         let c = unsafe { &mut *c };
         c.packets += 1;
-        // SAFETY: ctx.ctx is the xdp_md the kernel passed to this program.
-        c.bytes += unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+        c.bytes += len;
     }
 }
 

@@ -7,7 +7,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::{helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 
 pub enum ParseError {
     /// Truncated, inconsistent or deeper than we are willing to walk.
@@ -16,7 +16,6 @@ pub enum ParseError {
 
 /// The addresses a verdict depends on.
 pub enum Addrs {
-    NonIp,
     V4 { src: [u8; 4], dst: [u8; 4] },
     V6 { src: [u8; 16], dst: [u8; 16] },
 }
@@ -144,14 +143,6 @@ impl<'a> Cursor<'a> {
         self.off += len;
         Ok(())
     }
-
-    /// Bytes of the whole frame (all fragments of a multi-buffer frame) from the cursor on.
-    #[inline(always)]
-    fn remaining_total(&self) -> usize {
-        // SAFETY: ctx.ctx is the xdp_md the kernel passed to this program.
-        let total = unsafe { bpf_xdp_get_buff_len(self.ctx.ctx) } as usize;
-        total.saturating_sub(self.off)
-    }
 }
 
 /// The single bounds-checked accessor: `offset..offset + size_of::<T>()` must lie within
@@ -167,8 +158,46 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ParseError> 
     Ok((start + offset) as *mut T)
 }
 
+/// What the first pass over the headers found: the link layer and the fixed part of the IP
+/// header. The addresses come out before the IPv6 extension headers are walked, so that the
+/// lookups run first and the verifier checks them once per VLAN depth rather than once for
+/// every way the walk can end. A flat struct with every field always set: an enum here would
+/// carry undefined bytes in its smaller variant, and moving it trips the verifier.
+pub struct Fixed {
+    /// `FAMILY_V4`, `FAMILY_V6`, or `FAMILY_NONE` (not IP).
+    pub family: u8,
+    /// IPv4 addresses in the first four bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    l3_off: usize,
+    /// IPv4: after the options; IPv6: after the fixed header.
+    next_off: usize,
+    /// IPv4: the protocol; IPv6: the next header.
+    next: u8,
+    ip_len: usize,
+    later_fragment: bool,
+}
+
+pub const FAMILY_NONE: u8 = 0;
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+impl Fixed {
+    #[inline(always)]
+    pub fn src4(&self) -> [u8; 4] {
+        [self.src[0], self.src[1], self.src[2], self.src[3]]
+    }
+
+    #[inline(always)]
+    pub fn dst4(&self) -> [u8; 4] {
+        [self.dst[0], self.dst[1], self.dst[2], self.dst[3]]
+    }
+}
+
+/// Ethernet, VLAN tags, and the fixed part of the IP header. `len` is the whole frame's
+/// length (all fragments of a multi-buffer frame), from `bpf_xdp_get_buff_len`.
 #[inline(always)]
-pub fn packet(ctx: &XdpContext) -> Result<Packet, ParseError> {
+pub fn headers(ctx: &XdpContext, len: usize) -> Result<Fixed, ParseError> {
     let mut c = Cursor::new(ctx);
     let eth: *const EthHdr = c.take()?;
     // SAFETY: `take` checked that the whole header lies in the packet.
@@ -181,23 +210,34 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, ParseError> {
         // SAFETY: checked by `take`.
         proto = unsafe { (*vlan).proto };
     }
+    let remaining = len.saturating_sub(c.off);
     match proto {
-        ETH_P_IP => ipv4(&mut c),
-        ETH_P_IPV6 => ipv6(&mut c),
+        ETH_P_IP => ipv4(&mut c, remaining),
+        ETH_P_IPV6 => ipv6(&mut c, remaining),
         ETH_P_8021Q | ETH_P_8021AD => Err(ParseError::Malformed),
-        _ => Ok(Packet {
-            addrs: Addrs::NonIp,
+        _ => Ok(Fixed {
+            family: FAMILY_NONE,
+            src: [0; 16],
+            dst: [0; 16],
             l3_off: c.off,
-            l4_off: 0,
-            l4_proto: L4_NONE,
+            next_off: c.off,
+            next: L4_NONE,
             ip_len: 0,
             later_fragment: false,
         }),
     }
 }
 
+/// Widen an IPv4 address to the 16 bytes of `Fixed`.
 #[inline(always)]
-fn ipv4(c: &mut Cursor<'_>) -> Result<Packet, ParseError> {
+fn wide(a: [u8; 4]) -> [u8; 16] {
+    let mut w = [0; 16];
+    w[..4].copy_from_slice(&a);
+    w
+}
+
+#[inline(always)]
+fn ipv4(c: &mut Cursor<'_>, remaining: usize) -> Result<Fixed, ParseError> {
     let l3_off = c.off;
     let ip: *const Ipv4Hdr = c.peek()?;
     // SAFETY: `peek` checked that the fixed 20-byte header lies in the packet.
@@ -221,28 +261,30 @@ fn ipv4(c: &mut Cursor<'_>) -> Result<Packet, ParseError> {
     let tot_len = usize::from(u16::from_be_bytes(tot_len));
     // The datagram must hold its own header and fit in the frame (trailing Ethernet padding
     // is fine, a datagram cut short is not).
-    if tot_len < ihl || tot_len > c.remaining_total() {
+    if tot_len < ihl || tot_len > remaining {
         return Err(ParseError::Malformed);
     }
     // Options included: the whole header must be present.
     c.skip(ihl)?;
     let later_fragment = u16::from_be_bytes(frag_off) & 0x1fff != 0;
-    Ok(Packet {
-        addrs: Addrs::V4 { src, dst },
+    Ok(Fixed {
+        family: FAMILY_V4,
+        src: wide(src),
+        dst: wide(dst),
         l3_off,
-        l4_off: c.off,
-        l4_proto: if later_fragment { L4_NONE } else { proto },
+        next_off: c.off,
+        next: if later_fragment { L4_NONE } else { proto },
         ip_len: tot_len,
         later_fragment,
     })
 }
 
 #[inline(always)]
-fn ipv6(c: &mut Cursor<'_>) -> Result<Packet, ParseError> {
+fn ipv6(c: &mut Cursor<'_>, remaining: usize) -> Result<Fixed, ParseError> {
     let l3_off = c.off;
     let ip: *const Ipv6Hdr = c.take()?;
     // SAFETY: `take` checked that the 40-byte header lies in the packet.
-    let (vtc, payload_len, mut next, src, dst) = unsafe {
+    let (vtc, payload_len, next, src, dst) = unsafe {
         (
             (*ip).version_tc_flow[0],
             (*ip).payload_len,
@@ -256,15 +298,58 @@ fn ipv6(c: &mut Cursor<'_>) -> Result<Packet, ParseError> {
     }
     let payload_len = usize::from(u16::from_be_bytes(payload_len));
     // payload_len 0 is a jumbogram (RFC 2675): the length is in a hop-by-hop option.
-    if payload_len > c.remaining_total() {
+    if payload_len > remaining.saturating_sub(size_of::<Ipv6Hdr>()) {
         return Err(ParseError::Malformed);
     }
-    let packet = |l4_off: usize, l4_proto: u8, later_fragment: bool| Packet {
-        addrs: Addrs::V6 { src, dst },
+    Ok(Fixed {
+        family: FAMILY_V6,
+        src,
+        dst,
         l3_off,
+        next_off: c.off,
+        next,
+        ip_len: size_of::<Ipv6Hdr>() + payload_len,
+        later_fragment: false,
+    })
+}
+
+/// The whole packet: for IPv6, walk the extension headers to the upper layer. Only called for
+/// IP (`family` V4 or V6).
+#[inline(always)]
+pub fn finish(ctx: &XdpContext, h: &Fixed) -> Result<Packet, ParseError> {
+    if h.family == FAMILY_V4 {
+        return Ok(Packet {
+            addrs: Addrs::V4 {
+                src: h.src4(),
+                dst: h.dst4(),
+            },
+            l3_off: h.l3_off,
+            l4_off: h.next_off,
+            l4_proto: h.next,
+            ip_len: h.ip_len,
+            later_fragment: h.later_fragment,
+        });
+    }
+    ipv6_upper(ctx, h)
+}
+
+/// Walk the extension headers after the fixed IPv6 header to the upper layer.
+#[inline(always)]
+fn ipv6_upper(ctx: &XdpContext, h: &Fixed) -> Result<Packet, ParseError> {
+    let mut c = Cursor {
+        ctx,
+        off: h.next_off,
+    };
+    let mut next = h.next;
+    let packet = |l4_off: usize, l4_proto: u8, later_fragment: bool| Packet {
+        addrs: Addrs::V6 {
+            src: h.src,
+            dst: h.dst,
+        },
+        l3_off: h.l3_off,
         l4_off,
         l4_proto,
-        ip_len: size_of::<Ipv6Hdr>() + payload_len,
+        ip_len: h.ip_len,
         later_fragment,
     };
     for _ in 0..MAX_EXT_HDRS {

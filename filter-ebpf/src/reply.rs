@@ -90,7 +90,6 @@ pub fn answerable(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unanswered> {
                 return Err(Unanswered);
             }
         }
-        Addrs::NonIp => return Err(Unanswered),
     }
     match pkt.l4_proto {
         // Two-byte reads throughout: LLVM turns a one-byte bounds check into a comparison the
@@ -133,7 +132,6 @@ pub fn build(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unanswered> {
         (Addrs::V6 { src, dst }, IPPROTO_TCP) => tcp_reset(ctx, pkt, Ip::V6(*src, *dst)),
         (Addrs::V4 { src, dst }, _) => icmp4(ctx, pkt, *src, *dst),
         (Addrs::V6 { src, dst }, _) => icmp6(ctx, pkt, src, dst),
-        (Addrs::NonIp, _) => Err(Unanswered),
     }
 }
 

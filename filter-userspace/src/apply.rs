@@ -16,7 +16,7 @@ use std::{
 };
 
 use filter_common::{
-    Config, MAX_NOTICE_TARGETS, MAX_RULES, NoticeTarget, RuleEntry, RuleMeta, direction,
+    Config, MAX_NOTICE_TARGETS, MAX_RULES, NoticeTarget, RuleEntry, RuleMeta, active, direction,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use thiserror::Error;
@@ -24,7 +24,7 @@ use thiserror::Error;
 use crate::{
     compile::{Compiled, action_name},
     dxr::Dxr,
-    maps::{LpmPrefix, Maps, MapsError, Table, decode_name, encode_name},
+    maps::{Family, Maps, MapsError, Ranges, V4, V6, decode_name, encode_name},
 };
 
 #[derive(Debug, Error)]
@@ -65,10 +65,10 @@ impl Live {
             config: maps.config()?,
             metas: maps.rule_metas()?,
             notices: maps.notice_targets()?,
-            dst_v4: maps.v4.record(direction::DST)?,
-            src_v4: maps.v4.record(direction::SRC)?,
-            dst_v6: maps.dst_v6.entries()?,
-            src_v6: maps.src_v6.entries()?,
+            dst_v4: maps.record(&maps.v4, direction::DST)?,
+            src_v4: maps.record(&maps.v4, direction::SRC)?,
+            dst_v6: maps.record(&maps.v6, direction::DST)?,
+            src_v6: maps.record(&maps.v6, direction::SRC)?,
         })
     }
 
@@ -105,7 +105,7 @@ pub struct TableDiff<P> {
     pub desired_len: usize,
 }
 
-impl<P: LpmPrefix> TableDiff<P> {
+impl<P: Copy + Ord> TableDiff<P> {
     fn new(
         name: &'static str,
         live: &BTreeMap<P, RuleEntry>,
@@ -133,32 +133,56 @@ impl<P: LpmPrefix> TableDiff<P> {
         d
     }
 
-    fn check_capacity(&self, table: &Table<P>) -> Result<(), ApplyError> {
-        let capacity = table.capacity()?;
-        if self.desired_len > capacity as usize {
-            return Err(ApplyError::Capacity {
-                table: self.name,
-                needed: self.desired_len,
-                capacity,
-            });
-        }
-        Ok(())
-    }
-
-    fn write(&self, table: &mut Table<P>) -> Result<(), MapsError> {
-        let items: Vec<(P, RuleEntry)> = (self.add.iter().copied())
-            .chain(self.change.iter().map(|(p, _, e)| (*p, *e)))
-            .collect();
-        table.insert_all(&items)
-    }
-
-    fn delete(&self, table: &mut Table<P>) -> Result<(), MapsError> {
-        let prefixes: Vec<P> = self.remove.iter().map(|(p, _)| *p).collect();
-        table.remove_all(&prefixes)
-    }
-
     fn is_empty(&self) -> bool {
         self.add.is_empty() && self.change.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// One direction's range table and record, ready to write.
+pub struct Built<F: Family> {
+    pub table: Dxr,
+    pub record: Vec<F::Record>,
+}
+
+impl<F: Family> Built<F> {
+    fn new(desired: &BTreeMap<F::Net, RuleEntry>, table: Dxr) -> Self {
+        let record = desired
+            .iter()
+            .map(|(p, e)| F::record(p, e.rule_id))
+            .collect();
+        Self { table, record }
+    }
+
+    fn check(&self, ranges: &Ranges<F>, direction: u8) -> Result<(), ApplyError> {
+        for (table, needed, capacity) in [
+            (
+                if direction == direction::SRC {
+                    F::RANGES_SRC
+                } else {
+                    F::RANGES_DST
+                },
+                self.table.len(),
+                ranges.capacity(direction),
+            ),
+            (
+                if direction == direction::SRC {
+                    F::RECORD_SRC
+                } else {
+                    F::RECORD_DST
+                },
+                self.record.len(),
+                ranges.record_capacity(direction),
+            ),
+        ] {
+            if needed > capacity {
+                return Err(ApplyError::Capacity {
+                    table,
+                    needed,
+                    capacity: capacity as u32,
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -179,12 +203,12 @@ pub struct Plan {
     pub src_v6: TableDiff<Ipv6Net>,
     /// Every notice target slot as it must be (resolved targets first, then unused slots).
     pub notices: Vec<NoticeTarget>,
-    /// The IPv4 range tables the program will search, built from the whole new policy.
-    pub v4_dst: Dxr,
-    pub v4_src: Dxr,
-    /// The prefixes each table is built from, as `dxr::record` values in ascending order.
-    pub v4_dst_record: Vec<u64>,
-    pub v4_src_record: Vec<u64>,
+    /// The range tables the program will search, built from the whole new policy, with the
+    /// records of the prefixes they come from.
+    pub v4_dst: Built<V4>,
+    pub v4_src: Built<V4>,
+    pub v6_dst: Built<V6>,
+    pub v6_src: Built<V6>,
     /// The entry of every rule id in the new policy (the ranges name rules by id).
     pub results: Vec<(u32, RuleEntry)>,
     pub config: Config,
@@ -277,58 +301,38 @@ impl Plan {
             .map(|id| decode_name(&live.metas[id].name))
             .collect();
 
-        fn desired<P: LpmPrefix>(
+        fn desired<P: Copy + Ord>(
             table: &BTreeMap<P, usize>,
             ids: &[u32],
             compiled: &Compiled,
         ) -> BTreeMap<P, RuleEntry> {
             table
                 .iter()
-                .map(|(p, &i)| {
-                    let rule = &compiled.rules[i];
-                    let entry = RuleEntry {
-                        rule_id: ids[i],
-                        action: rule.action,
-                        flags: rule.flags,
-                        target: rule.target,
-                    };
-                    (*p, entry)
-                })
+                .map(|(p, &i)| (*p, entry(ids[i], &compiled.rules[i])))
                 .collect()
         }
         let t = &compiled.tables;
-        use filter_common::maps as n;
         let want_dst_v4 = desired(&t.dst_v4, &ids, compiled);
         let want_src_v4 = desired(&t.src_v4, &ids, compiled);
-        let dst_v4 = TableDiff::new("dst v4", &live.dst_v4, &want_dst_v4);
-        let src_v4 = TableDiff::new("src v4", &live.src_v4, &want_src_v4);
-        let ranges = |t: &BTreeMap<Ipv4Net, RuleEntry>| {
-            Dxr::build(t.iter().map(|(p, e)| (*p, e.rule_id + 1)))
+        let want_dst_v6 = desired(&t.dst_v6, &ids, compiled);
+        let want_src_v6 = desired(&t.src_v6, &ids, compiled);
+        let v4 = |t: &BTreeMap<Ipv4Net, RuleEntry>| {
+            Built::new(t, Dxr::build(t.iter().map(|(p, e)| (*p, e.rule_id + 1))))
         };
-        let (v4_dst, v4_src) = (ranges(&want_dst_v4), ranges(&want_src_v4));
-        let record = |t: &BTreeMap<Ipv4Net, RuleEntry>| -> Vec<u64> {
-            t.iter()
-                .map(|(p, e)| {
-                    filter_common::dxr::record(u32::from(p.network()), p.prefix_len(), e.rule_id)
-                })
-                .collect()
+        let v6 = |t: &BTreeMap<Ipv6Net, RuleEntry>| {
+            Built::new(t, Dxr::build_v6(t.iter().map(|(p, e)| (*p, e.rule_id + 1))))
         };
-        let (v4_dst_record, v4_src_record) = (record(&want_dst_v4), record(&want_src_v4));
+        let (v4_dst, v4_src) = (v4(&want_dst_v4), v4(&want_src_v4));
+        let (v6_dst, v6_src) = (v6(&want_dst_v6), v6(&want_src_v6));
         let results = ids
             .iter()
             .zip(&compiled.rules)
-            .map(|(&id, rule)| {
-                let entry = RuleEntry {
-                    rule_id: id,
-                    action: rule.action,
-                    flags: rule.flags,
-                    target: rule.target,
-                };
-                (id, entry)
-            })
+            .map(|(&id, r)| (id, entry(id, r)))
             .collect();
-        let dst_v6 = TableDiff::new(n::DST_V6, &live.dst_v6, &desired(&t.dst_v6, &ids, compiled));
-        let src_v6 = TableDiff::new(n::SRC_V6, &live.src_v6, &desired(&t.src_v6, &ids, compiled));
+        let dst_v4 = TableDiff::new("dst v4", &live.dst_v4, &want_dst_v4);
+        let src_v4 = TableDiff::new("src v4", &live.src_v4, &want_src_v4);
+        let dst_v6 = TableDiff::new("dst v6", &live.dst_v6, &want_dst_v6);
+        let src_v6 = TableDiff::new("src v6", &live.src_v6, &want_src_v6);
 
         let mut config = live.config;
         config.malformed_action = compiled.malformed;
@@ -353,8 +357,8 @@ impl Plan {
             notices,
             v4_dst,
             v4_src,
-            v4_dst_record,
-            v4_src_record,
+            v6_dst,
+            v6_src,
             results,
             config,
             names,
@@ -391,40 +395,13 @@ impl Plan {
             && live.notices == self.notices
     }
 
-    fn check_capacity(&self, maps: &Maps) -> Result<(), ApplyError> {
-        use filter_common::maps as n;
-        for (table, needed, capacity) in [
-            (
-                n::V4_RANGES_DST,
-                self.v4_dst.ranges.len(),
-                maps.v4.capacity(direction::DST),
-            ),
-            (
-                n::V4_RANGES_SRC,
-                self.v4_src.ranges.len(),
-                maps.v4.capacity(direction::SRC),
-            ),
-            (
-                n::V4_RECORD_DST,
-                self.v4_dst_record.len(),
-                maps.v4.record_capacity(direction::DST),
-            ),
-            (
-                n::V4_RECORD_SRC,
-                self.v4_src_record.len(),
-                maps.v4.record_capacity(direction::SRC),
-            ),
-        ] {
-            if needed > capacity {
-                return Err(ApplyError::Capacity {
-                    table,
-                    needed,
-                    capacity: capacity as u32,
-                });
-            }
-        }
-        self.dst_v6.check_capacity(&maps.dst_v6)?;
-        self.src_v6.check_capacity(&maps.src_v6)
+    /// Whether every table the plan writes fits the loaded program's maps; `execute` checks
+    /// it again before writing anything.
+    pub fn check_capacity(&self, maps: &Maps) -> Result<(), ApplyError> {
+        self.v4_dst.check(&maps.v4, direction::DST)?;
+        self.v4_src.check(&maps.v4, direction::SRC)?;
+        self.v6_dst.check(&maps.v6, direction::DST)?;
+        self.v6_src.check(&maps.v6, direction::SRC)
     }
 
     /// Write the plan, in the gap-free order described at the top of this module.
@@ -451,11 +428,7 @@ impl Plan {
             c.reject_capacity_ns = self.config.reject_capacity_ns;
             maps.set_config(&c)?;
         }
-        self.dst_v6.write(&mut maps.dst_v6)?;
-        self.src_v6.write(&mut maps.src_v6)?;
-        self.write_v4_ranges(maps)?;
-        self.dst_v6.delete(&mut maps.dst_v6)?;
-        self.src_v6.delete(&mut maps.src_v6)?;
+        self.write_tables(maps)?;
         for id in &self.freed {
             maps.set_rule_meta(*id, &RuleMeta::default())?;
         }
@@ -468,47 +441,47 @@ impl Plan {
         Ok(())
     }
 
-    /// Write the IPv4 range tables into the copy the program does not use, then switch it
-    /// over: one map update, so each packet sees the old policy or the new one, whole.
-    fn write_v4_ranges(&self, maps: &mut Maps) -> Result<(), ApplyError> {
-        use filter_common::{dxr, maps as n};
-        let copy = 1 - maps.v4.active()?;
-        maps.v4
-            .write_record(copy, direction::DST, &self.v4_dst_record);
-        maps.v4
-            .write_record(copy, direction::SRC, &self.v4_src_record);
+    /// Write the range tables of both families into the copy the program does not use, then
+    /// switch it over: one map update, so each packet sees the old policy or the new one, whole.
+    fn write_tables(&self, maps: &mut Maps) -> Result<(), ApplyError> {
+        use filter_common::maps as n;
+        let copy = 1 - maps.active()?;
         for (id, entry) in &self.results {
-            maps.v4
-                .results
+            maps.results
                 .set(copy * MAX_RULES + id, entry, 0)
                 .map_err(|source| MapsError::Op {
-                    name: n::V4_RESULTS,
+                    name: n::RESULTS,
                     source,
                 })?;
         }
-        for (table, dir) in [
+        for (built, dir) in [
             (&self.v4_dst, direction::DST),
             (&self.v4_src, direction::SRC),
         ] {
-            let cap = maps.v4.capacity(dir);
-            let base = copy as usize * cap;
-            let ranges = if dir == direction::SRC {
-                &mut maps.v4.src
-            } else {
-                &mut maps.v4.dst
-            };
-            ranges.as_mut_slice()[base..base + table.ranges.len()].copy_from_slice(&table.ranges);
-            let at = (copy * 2 + u32::from(dir)) as usize * dxr::DIRECT_LEN as usize;
-            let direct = &mut maps.v4.direct.as_mut_slice()[at..at + dxr::DIRECT_LEN as usize];
-            for (slot, start) in direct.iter_mut().zip(&table.direct) {
-                *slot = (base + *start as usize) as u64;
+            maps.v4.write(copy, dir, &built.table, &built.record);
+        }
+        for (built, dir) in [
+            (&self.v6_dst, direction::DST),
+            (&self.v6_src, direction::SRC),
+        ] {
+            maps.v6.write(copy, dir, &built.table, &built.record);
+        }
+        // The program skips the lookups of a table without prefixes.
+        let mut active = copy;
+        for (empty, bit) in [
+            (self.v4_dst.record.is_empty(), active::V4_DST),
+            (self.v4_src.record.is_empty(), active::V4_SRC),
+            (self.v6_dst.record.is_empty(), active::V6_DST),
+            (self.v6_src.record.is_empty(), active::V6_SRC),
+        ] {
+            if !empty {
+                active |= bit;
             }
         }
-        maps.v4
-            .active
-            .set(0, copy, 0)
+        maps.active
+            .set(0, active, 0)
             .map_err(|source| MapsError::Op {
-                name: n::V4_ACTIVE,
+                name: n::ACTIVE,
                 source,
             })?;
         Ok(())
@@ -520,7 +493,7 @@ impl Plan {
 
     /// The prefix-level diff, at most `limit` lines per table and kind.
     pub fn write_details(&self, out: &mut impl fmt::Write, limit: usize) -> fmt::Result {
-        fn table<P: LpmPrefix>(
+        fn table<P: Copy + Ord + fmt::Display>(
             plan: &Plan,
             out: &mut impl fmt::Write,
             d: &TableDiff<P>,
@@ -576,6 +549,16 @@ impl Plan {
     }
 }
 
+/// The table value of a rule with id `id`.
+fn entry(id: u32, rule: &crate::compile::CompiledRule) -> RuleEntry {
+    RuleEntry {
+        rule_id: id,
+        action: rule.action,
+        flags: rule.flags,
+        target: rule.target,
+    }
+}
+
 /// Read the live state, plan against it and write the plan: `apply` without the printing.
 pub fn apply(
     maps: &mut Maps,
@@ -618,7 +601,7 @@ mod tests {
 
     /// The live state a plan would leave, as if it had been executed.
     fn after(plan: &Plan, before: &Live) -> Live {
-        fn table<P: LpmPrefix>(
+        fn table<P: Copy + Ord + fmt::Display>(
             live: &BTreeMap<P, RuleEntry>,
             d: &TableDiff<P>,
         ) -> BTreeMap<P, RuleEntry> {

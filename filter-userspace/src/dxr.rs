@@ -1,105 +1,176 @@
-//! Building the IPv4 range tables the XDP program searches (`filter_common::dxr`).
+//! Building the range tables the XDP program searches (`filter_common::dxr`), for IPv4 and
+//! IPv6 alike.
 //!
-//! A table is the whole IPv4 space cut into ranges, each with one result: 0 for "no prefix",
-//! or `rule_id + 1` of the longest prefix covering it. Ranges never cross a 2^16 chunk, every
+//! A table is the whole address space cut into ranges, each with one result: 0 for "no prefix",
+//! or `rule_id + 1` of the longest prefix covering it. Ranges never cross a chunk (the top 16 address bits), every
 //! chunk's slice starts at the chunk's first address, and neighbours in a chunk with the same
 //! result are merged, so a table has at most (2 x prefixes + 65536) ranges. `direct[c]` is the
 //! index of chunk `c`'s first range, `direct[65536]` the number of ranges.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
-use filter_common::dxr;
+use filter_common::{Range6, dxr};
 
+/// A range table of either family, before encoding for its map.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dxr {
-    /// `dxr::DIRECT_LEN` entries.
+    /// Address bits: 32 or 128.
+    bits: u32,
+    /// `dxr::DIRECT_LEN` entries: the index of each chunk's first range, then the count.
     pub direct: Vec<u32>,
-    /// `dxr::range(start, result)` values, in address order.
-    pub ranges: Vec<u64>,
+    /// First address of each range, in address order.
+    pub starts: Vec<u128>,
+    /// Result of each range: 0, or the rule id + 1.
+    pub results: Vec<u32>,
 }
 
 impl Dxr {
-    /// Builds the table from prefixes in ascending (network, length) order (`BTreeMap` order),
+    /// An IPv4 table from prefixes in ascending (network, length) order (`BTreeMap` order),
     /// each with its result (`rule_id + 1`, never 0).
     pub fn build(prefixes: impl IntoIterator<Item = (Ipv4Net, u32)>) -> Self {
-        let mut b = Builder {
-            direct: vec![0; dxr::DIRECT_LEN as usize],
-            ranges: Vec::new(),
+        let spans = prefixes.into_iter().map(|(p, r)| {
+            (
+                u128::from(u32::from(p.network())),
+                u128::from(u32::from(p.broadcast())),
+                r,
+            )
+        });
+        Self::sweep(32, spans)
+    }
+
+    /// The IPv6 counterpart of [`Dxr::build`].
+    pub fn build_v6(prefixes: impl IntoIterator<Item = (Ipv6Net, u32)>) -> Self {
+        let spans = prefixes
+            .into_iter()
+            .map(|(p, r)| (u128::from(p.network()), u128::from(p.broadcast()), r));
+        Self::sweep(128, spans)
+    }
+
+    /// Cut the space into ranges from nested-or-disjoint spans in ascending (first, wider
+    /// first) order: the longest span holding an address gives its result.
+    fn sweep(bits: u32, spans: impl Iterator<Item = (u128, u128, u32)>) -> Self {
+        let top = if bits == 128 {
+            u128::MAX
+        } else {
+            (1u128 << bits) - 1
         };
-        // Positions as u64: a range may end at 255.255.255.255.
-        let mut cur: u64 = 0;
-        // The prefixes covering the sweep position, innermost last: (last address, result).
-        let mut open: Vec<(u64, u32)> = Vec::new();
-        for (net, result) in prefixes {
-            let start = u64::from(u32::from(net.network()));
-            let end = u64::from(u32::from(net.broadcast()));
-            while let Some(&(last, r)) = open.last() {
-                if last >= start {
+        let mut b = Dxr {
+            bits,
+            direct: vec![0; dxr::DIRECT_LEN as usize],
+            starts: Vec::new(),
+            results: Vec::new(),
+        };
+        // The next address without a range; None once the whole space is covered.
+        let mut cur: Option<u128> = Some(0);
+        // The spans holding the sweep position, innermost last: (last address, result).
+        let mut open: Vec<(u128, u32)> = Vec::new();
+        for (first, last, result) in spans {
+            while let Some(&(end, r)) = open.last() {
+                if end >= first {
                     break;
                 }
-                b.emit(cur, last, r);
-                cur = last + 1;
+                if let Some(c) = cur {
+                    b.emit(c, end, r);
+                }
+                cur = end.checked_add(1);
                 open.pop();
             }
-            if cur < start {
-                b.emit(cur, start - 1, open.last().map_or(0, |o| o.1));
-                cur = start;
+            if let Some(c) = cur
+                && c < first
+            {
+                b.emit(c, first - 1, open.last().map_or(0, |o| o.1));
+                cur = Some(first);
             }
-            open.push((end, result));
+            open.push((last, result));
         }
-        while let Some((last, r)) = open.pop() {
-            if cur <= last {
-                b.emit(cur, last, r);
-                cur = last + 1;
+        while let Some((end, r)) = open.pop() {
+            if let Some(c) = cur
+                && c <= end
+            {
+                b.emit(c, end, r);
+                cur = end.checked_add(1);
             }
         }
-        if cur <= u64::from(u32::MAX) {
-            b.emit(cur, u64::from(u32::MAX), 0);
+        if let Some(c) = cur
+            && c <= top
+        {
+            b.emit(c, top, 0);
         }
-        b.direct[dxr::CHUNKS as usize] = b.ranges.len() as u32;
-        Self {
-            direct: b.direct,
-            ranges: b.ranges,
+        b.direct[dxr::CHUNKS as usize] = b.starts.len() as u32;
+        b
+    }
+
+    fn chunk_bits(&self) -> u32 {
+        self.bits - 16
+    }
+
+    /// Addresses `from..=to` have `result`: split at chunk boundaries, merged with the range
+    /// before when it is in the same chunk and has the same result.
+    fn emit(&mut self, from: u128, to: u128, result: u32) {
+        let shift = self.chunk_bits();
+        let mask = (1u128 << shift) - 1;
+        let mut a = from;
+        loop {
+            let chunk_start = a & mask == 0;
+            if chunk_start {
+                self.direct[(a >> shift) as usize] = self.starts.len() as u32;
+            }
+            if chunk_start || self.results.last() != Some(&result) {
+                self.starts.push(a);
+                self.results.push(result);
+            }
+            let chunk_last = a | mask;
+            if chunk_last >= to {
+                break;
+            }
+            a = chunk_last + 1;
         }
     }
 
+    /// Number of ranges.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
     /// The result for `addr`, searched the way the XDP program does.
-    pub fn lookup(&self, addr: u32) -> u32 {
-        let c = (addr >> 16) as usize;
+    pub fn lookup(&self, addr: u128) -> u32 {
+        let c = (addr >> self.chunk_bits()) as usize;
         let (mut lo, mut hi) = (self.direct[c] as usize, self.direct[c + 1] as usize);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            if (self.ranges[mid] >> 32) as u32 <= addr {
+            if self.starts[mid] <= addr {
                 lo = mid;
             } else {
                 hi = mid;
             }
         }
-        self.ranges[lo] as u32
+        self.results[lo]
     }
-}
 
-struct Builder {
-    direct: Vec<u32>,
-    ranges: Vec<u64>,
-}
+    /// The ranges as `EB_V4_RNG_*` holds them.
+    pub fn encode_v4(&self) -> Vec<u64> {
+        self.starts
+            .iter()
+            .zip(&self.results)
+            .map(|(s, r)| dxr::range(*s as u32, *r))
+            .collect()
+    }
 
-impl Builder {
-    /// Addresses `from..=to` have `result`.
-    fn emit(&mut self, from: u64, to: u64, result: u32) {
-        let mut a = from;
-        while a <= to {
-            let chunk_last = a | 0xffff;
-            let chunk_start = a & 0xffff == 0;
-            let same = self.ranges.last().is_some_and(|r| *r as u32 == result);
-            if chunk_start {
-                self.direct[(a >> 16) as usize] = self.ranges.len() as u32;
-                self.ranges.push(dxr::range(a as u32, result));
-            } else if !same {
-                self.ranges.push(dxr::range(a as u32, result));
-            }
-            a = chunk_last.min(to) + 1;
-        }
+    /// The ranges as `EB_V6_RNG_*` holds them.
+    pub fn encode_v6(&self) -> Vec<Range6> {
+        self.starts
+            .iter()
+            .zip(&self.results)
+            .map(|(s, r)| Range6 {
+                start_hi: (s >> 64) as u64,
+                start_lo: *s as u64,
+                value: u64::from(*r),
+            })
+            .collect()
     }
 }
 
@@ -146,19 +217,15 @@ mod tests {
 
     fn check(prefixes: &BTreeMap<Ipv4Net, u32>, seed: &mut u64) {
         let t = Dxr::build(prefixes.iter().map(|(p, r)| (*p, *r)));
-        assert!(t.ranges.len() <= 2 * prefixes.len() + dxr::CHUNKS as usize + 1);
+        assert!(t.len() <= 2 * prefixes.len() + dxr::CHUNKS as usize + 1);
         for c in 0..dxr::CHUNKS as usize {
-            let first = t.ranges[t.direct[c] as usize];
-            assert_eq!(
-                (first >> 32) as u32,
-                (c as u32) << 16,
-                "chunk {c} starts its slice"
-            );
+            let first = t.starts[t.direct[c] as usize];
+            assert_eq!(first, (c as u128) << 16, "chunk {c} starts its slice");
             assert!(t.direct[c] < t.direct[c + 1], "chunk {c} has a range");
         }
         for a in probes(prefixes, seed) {
             assert_eq!(
-                t.lookup(a),
+                t.lookup(u128::from(a)),
                 naive(prefixes, a),
                 "address {}",
                 Ipv4Addr::from(a)
@@ -169,8 +236,11 @@ mod tests {
     #[test]
     fn empty_table_has_one_empty_range_per_chunk() {
         let t = Dxr::build([]);
-        assert_eq!(t.ranges.len(), dxr::CHUNKS as usize);
+        assert_eq!(t.len(), dxr::CHUNKS as usize);
         assert_eq!(t.lookup(0x0102_0304), 0);
+        let t6 = Dxr::build_v6([]);
+        assert_eq!(t6.len(), dxr::CHUNKS as usize);
+        assert_eq!(t6.lookup(u128::MAX), 0);
     }
 
     #[test]
@@ -227,11 +297,50 @@ mod tests {
             prefixes.insert(p, 1);
         }
         let t = Dxr::build(prefixes.iter().map(|(p, r)| (*p, *r)));
-        assert!(t.ranges.len() <= 2 * prefixes.len() + dxr::CHUNKS as usize);
+        assert!(t.len() <= 2 * prefixes.len() + dxr::CHUNKS as usize);
         let mut s = 3;
         for _ in 0..20_000 {
             let a = next(&mut s) as u32;
-            assert_eq!(t.lookup(a), naive_fast(&prefixes, a));
+            assert_eq!(t.lookup(a.into()), naive_fast(&prefixes, a));
+        }
+    }
+
+    #[test]
+    fn ipv6_tables_agree_with_a_naive_matcher() {
+        use std::net::Ipv6Addr;
+        let mut seed = 0x1234_5678;
+        for _ in 0..40 {
+            let anchors: Vec<u128> = (0..3)
+                .map(|_| u128::from(next(&mut seed)) << 64 | u128::from(next(&mut seed)))
+                .collect();
+            let mut prefixes: BTreeMap<Ipv6Net, u32> = BTreeMap::new();
+            prefixes.insert("::/0".parse().expect("net"), 9);
+            for _ in 0..(1 + next(&mut seed) % 200) {
+                let len = (next(&mut seed) % 129) as u8;
+                let base = anchors[(next(&mut seed) % 3) as usize]
+                    ^ (u128::from(next(&mut seed)) >> (next(&mut seed) % 64));
+                let p = Ipv6Net::new(Ipv6Addr::from(base), len)
+                    .expect("len")
+                    .trunc();
+                prefixes.insert(p, 1 + (next(&mut seed) % 4) as u32);
+            }
+            let t = Dxr::build_v6(prefixes.iter().map(|(p, r)| (*p, *r)));
+            let mut probes = vec![0u128, u128::MAX, 1 << 127];
+            for p in prefixes.keys() {
+                let (s, e) = (u128::from(p.network()), u128::from(p.broadcast()));
+                probes.extend([s, e, s.wrapping_sub(1), e.wrapping_add(1)]);
+            }
+            for _ in 0..500 {
+                probes.push(anchors[(next(&mut seed) % 3) as usize] ^ u128::from(next(&mut seed)));
+            }
+            for a in probes {
+                let want = prefixes
+                    .iter()
+                    .filter(|(p, _)| p.contains(&Ipv6Addr::from(a)))
+                    .max_by_key(|(p, _)| p.prefix_len())
+                    .map_or(0, |(_, r)| *r);
+                assert_eq!(t.lookup(a), want, "address {}", Ipv6Addr::from(a));
+            }
         }
     }
 

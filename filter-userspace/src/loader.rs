@@ -36,22 +36,32 @@ pub static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_D
 /// The program's function name in filter-ebpf.
 pub const PROGRAM_NAME: &str = "edgeblock";
 
-/// Maps the program declares (the loader pins them). `EB_RULES` and the IPv4 records are
+/// Maps the program declares (the loader pins them). `EB_RULES` and the prefix records are
 /// created by userspace: the program never reads them.
-const PROGRAM_MAPS: [&str; 13] = [
+const PROGRAM_MAPS: [&str; 14] = [
     names::V4_DIRECT,
     names::V4_RANGES_DST,
     names::V4_RANGES_SRC,
-    names::V4_RESULTS,
-    names::V4_ACTIVE,
-    names::DST_V6,
-    names::SRC_V6,
+    names::V6_DIRECT,
+    names::V6_RANGES_DST,
+    names::V6_RANGES_SRC,
+    names::RESULTS,
+    names::ACTIVE,
     names::RULE_STATS,
     names::STATS,
     names::CONFIG,
     names::NOTICE,
     names::NOTICE_DEV,
     names::REJECT_TB,
+];
+
+/// Maps userspace creates for itself.
+const USERSPACE_MAPS: [&str; 5] = [
+    names::RULES,
+    names::V4_RECORD_DST,
+    names::V4_RECORD_SRC,
+    names::V6_RECORD_DST,
+    names::V6_RECORD_SRC,
 ];
 
 #[derive(Debug, Error)]
@@ -344,11 +354,7 @@ pub fn purge(pins: &Pins) -> Result<(), LoaderError> {
         unpin_link(&pin)?;
     }
     remove_if_exists(&pins.prog()).map_err(io(&pins.prog()))?;
-    for name in
-        PROGRAM_MAPS
-            .iter()
-            .chain([&names::RULES, &names::V4_RECORD_DST, &names::V4_RECORD_SRC])
-    {
+    for name in PROGRAM_MAPS.iter().chain(&USERSPACE_MAPS) {
         let path = pins.map(name);
         remove_if_exists(&path).map_err(io(&path))?;
     }
@@ -388,12 +394,44 @@ fn load_and_pin(pins: &Pins) -> Result<(), LoaderError> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    // Both copies of each IPv4 range table, sized before the maps exist (they are arrays:
-    // the memory is taken up front).
-    let dst_ranges = ranges_capacity("EDGEBLOCK_V4_DST_RANGES", dxr::DEFAULT_DST_RANGES)?;
-    let src_ranges = ranges_capacity("EDGEBLOCK_V4_SRC_RANGES", dxr::DEFAULT_SRC_RANGES)?;
-    loader.map_max_entries(names::V4_RANGES_DST, 2 * dst_ranges);
-    loader.map_max_entries(names::V4_RANGES_SRC, 2 * src_ranges);
+    // Both copies of each range table, sized before the maps exist (they are arrays: the
+    // memory is taken up front).
+    let sizes = [
+        (
+            names::V4_RANGES_DST,
+            names::V4_RECORD_DST,
+            "EDGEBLOCK_V4_DST_RANGES",
+            dxr::DEFAULT_DST_RANGES,
+            8,
+        ),
+        (
+            names::V4_RANGES_SRC,
+            names::V4_RECORD_SRC,
+            "EDGEBLOCK_V4_SRC_RANGES",
+            dxr::DEFAULT_SRC_RANGES,
+            8,
+        ),
+        (
+            names::V6_RANGES_DST,
+            names::V6_RECORD_DST,
+            "EDGEBLOCK_V6_DST_RANGES",
+            dxr::DEFAULT_V6_DST_RANGES,
+            24,
+        ),
+        (
+            names::V6_RANGES_SRC,
+            names::V6_RECORD_SRC,
+            "EDGEBLOCK_V6_SRC_RANGES",
+            dxr::DEFAULT_V6_SRC_RANGES,
+            24,
+        ),
+    ];
+    let mut records = Vec::new();
+    for (ranges, record, var, default, value_size) in sizes {
+        let n = ranges_capacity(var, default)?;
+        loader.map_max_entries(ranges, 2 * n);
+        records.push((record, n, value_size));
+    }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     let prog: &mut Xdp = ebpf
         .program_mut(PROGRAM_NAME)
@@ -409,22 +447,23 @@ fn load_and_pin(pins: &Pins) -> Result<(), LoaderError> {
     })?;
     // The records of the prefixes behind each copy of the range tables: half as many
     // prefixes as ranges, plus the count in slot 0 of each copy.
-    for (name, ranges) in [
-        (names::V4_RECORD_DST, dst_ranges),
-        (names::V4_RECORD_SRC, src_ranges),
-    ] {
+    for (name, ranges, value_size) in records {
         let path = pins.map(name);
-        if !path.exists() {
-            let record = Array::<MapData, u64>::create(
-                2 * (ranges / 2 + 1),
-                aya_obj::generated::BPF_F_MMAPABLE,
-            )
-            .map_err(|source| LoaderError::CreateMap { name, source })?;
-            record.pin(&path).map_err(|source| LoaderError::Pin {
-                path: path.display().to_string(),
-                source,
-            })?;
+        if path.exists() {
+            continue;
         }
+        let entries = 2 * (ranges / 2 + 1);
+        let flags = aya_obj::generated::BPF_F_MMAPABLE;
+        let record = if value_size == 8 {
+            Array::<MapData, u64>::create(entries, flags).map(|a| a.pin(&path))
+        } else {
+            Array::<MapData, filter_common::Range6>::create(entries, flags).map(|a| a.pin(&path))
+        }
+        .map_err(|source| LoaderError::CreateMap { name, source })?;
+        record.map_err(|source| LoaderError::Pin {
+            path: path.display().to_string(),
+            source,
+        })?;
     }
     let rules_path = pins.map(names::RULES);
     if !rules_path.exists() {

@@ -13,13 +13,10 @@ use std::{
 
 use aya::{
     Pod,
-    maps::{
-        Array, DevMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
-        xdp::XdpMapError,
-    },
+    maps::{Array, DevMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, xdp::XdpMapError},
 };
 use filter_common::{
-    Config, Counter, MAX_NOTICE_TARGETS, MAX_RULES, NoticeTarget, RULE_NAME_LEN, RuleEntry,
+    Config, Counter, MAX_NOTICE_TARGETS, MAX_RULES, NoticeTarget, RULE_NAME_LEN, Range6, RuleEntry,
     RuleMeta, maps as names, stat,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -56,161 +53,18 @@ fn op(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
     move |source| MapsError::Op { name, source }
 }
 
-/// A prefix type stored in an LPM trie keyed by its address bytes in network order.
-pub trait LpmPrefix: Copy + Ord + std::fmt::Display {
-    type Bytes: Pod + Copy;
-    const MAX_LEN: u8;
-    fn to_key(&self) -> Key<Self::Bytes>;
-    fn from_key(key: &Key<Self::Bytes>) -> Option<Self>;
-    fn bits(&self) -> u8;
-    fn contains_bytes(&self, addr: Self::Bytes) -> bool;
-}
-
-impl LpmPrefix for Ipv4Net {
-    type Bytes = [u8; 4];
-    const MAX_LEN: u8 = 32;
-    fn to_key(&self) -> Key<[u8; 4]> {
-        Key::new(u32::from(self.prefix_len()), self.network().octets())
-    }
-    fn from_key(key: &Key<[u8; 4]>) -> Option<Self> {
-        Ipv4Net::new(
-            Ipv4Addr::from(key.data()),
-            u8::try_from(key.prefix_len()).ok()?,
-        )
-        .ok()
-    }
-    fn bits(&self) -> u8 {
-        self.prefix_len()
-    }
-    fn contains_bytes(&self, addr: [u8; 4]) -> bool {
-        self.contains(&Ipv4Addr::from(addr))
-    }
-}
-
-impl LpmPrefix for Ipv6Net {
-    type Bytes = [u8; 16];
-    const MAX_LEN: u8 = 128;
-    fn to_key(&self) -> Key<[u8; 16]> {
-        Key::new(u32::from(self.prefix_len()), self.network().octets())
-    }
-    fn from_key(key: &Key<[u8; 16]>) -> Option<Self> {
-        Ipv6Net::new(
-            Ipv6Addr::from(key.data()),
-            u8::try_from(key.prefix_len()).ok()?,
-        )
-        .ok()
-    }
-    fn bits(&self) -> u8 {
-        self.prefix_len()
-    }
-    fn contains_bytes(&self, addr: [u8; 16]) -> bool {
-        self.contains(&Ipv6Addr::from(addr))
-    }
-}
-
-/// One IPv6 address table (direction): the LPM trie the program searches.
-pub struct Table<P: LpmPrefix> {
-    pub name: &'static str,
-    map: LpmTrie<MapData, P::Bytes, RuleEntry>,
-}
-
-impl<P: LpmPrefix> Table<P> {
-    fn open(pins: &Pins, name: &'static str) -> Result<Self, MapsError> {
-        let map = LpmTrie::try_from(open_map(pins, name)?).map_err(op(name))?;
-        Ok(Self { name, map })
-    }
-
-    fn map_data(&self) -> &MapData {
-        use aya::maps::IterableMap as _;
-        self.map.map()
-    }
-
-    /// Every entry, read from the kernel.
-    pub fn entries(&self) -> Result<BTreeMap<P, RuleEntry>, MapsError> {
-        let mut out = BTreeMap::new();
-        for item in self.map.iter() {
-            let (key, value) = item.map_err(op(self.name))?;
-            if let Some(p) = P::from_key(&key) {
-                out.insert(p, value);
-            }
-        }
-        Ok(out)
-    }
-
-    pub fn len(&self) -> Result<usize, MapsError> {
-        let mut n = 0;
-        for key in self.map.keys() {
-            key.map_err(op(self.name))?;
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    pub fn is_empty(&self) -> Result<bool, MapsError> {
-        Ok(self.map.keys().next().is_none())
-    }
-
-    /// The kernel's own longest-prefix answer, with the prefix that gave it (found by a scan:
-    /// an LPM lookup returns the value only).
-    pub fn longest_match(&self, addr: P::Bytes) -> Result<Option<(P, RuleEntry)>, MapsError> {
-        let entry = match self.map.get(&Key::new(u32::from(P::MAX_LEN), addr), 0) {
-            Ok(v) => v,
-            Err(MapError::KeyNotFound) => return Ok(None),
-            Err(e) => return Err(op(self.name)(e)),
-        };
-        let prefix = self
-            .entries()?
-            .into_iter()
-            .filter(|(p, e)| p.contains_bytes(addr) && *e == entry)
-            .map(|(p, _)| p)
-            .max_by_key(LpmPrefix::bits);
-        Ok(prefix.map(|p| (p, entry)))
-    }
-
-    /// Insert or update every item.
-    pub fn insert_all(&mut self, items: &[(P, RuleEntry)]) -> Result<(), MapsError> {
-        for (p, e) in items {
-            self.map.insert(&p.to_key(), e, 0).map_err(op(self.name))?;
-        }
-        Ok(())
-    }
-
-    /// Remove every prefix (absent ones are fine).
-    pub fn remove_all(&mut self, prefixes: &[P]) -> Result<(), MapsError> {
-        for p in prefixes {
-            match self.map.remove(&p.to_key()) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(op(self.name)(e)),
-            }
-        }
-        Ok(())
-    }
-
-    pub fn capacity(&self) -> Result<u32, MapsError> {
-        Ok(self.map_data().info().map_err(op(self.name))?.max_entries())
-    }
-
-    /// Kernel memory charged to the map (`memlock` in fdinfo).
-    pub fn memlock(&self) -> Result<u64, MapsError> {
-        memlock(self.map_data()).map_err(|source| MapsError::Io {
-            name: self.name,
-            source,
-        })
-    }
-}
-
-/// An array map created with BPF_F_MMAPABLE, mapped into this process: the IPv4 range
-/// tables, written with plain stores instead of a syscall per element.
-pub struct MmapArray {
+/// An array map created with BPF_F_MMAPABLE, mapped into this process: the range tables and
+/// their records, written with plain stores instead of a syscall per element.
+pub struct MmapArray<T: Pod> {
     pub name: &'static str,
     // Keeps the map open for as long as the mapping lives.
-    _data: MapData,
-    ptr: std::ptr::NonNull<u64>,
+    data: MapData,
+    ptr: std::ptr::NonNull<T>,
     len: usize,
     bytes: usize,
 }
 
-impl MmapArray {
+impl<T: Pod> MmapArray<T> {
     fn open(pins: &Pins, name: &'static str) -> Result<Self, MapsError> {
         let path = pins.map(name);
         let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
@@ -220,18 +74,21 @@ impl MmapArray {
         })?;
         let info = data.info().map_err(op(name))?;
         let io = |source| MapsError::Io { name, source };
-        if info.value_size() != 8 {
+        // An array's elements are value_size rounded up to 8 bytes apart; every type mapped
+        // here is a multiple of 8 already.
+        if info.value_size() as usize != size_of::<T>() || !size_of::<T>().is_multiple_of(8) {
             return Err(io(std::io::Error::other(format!(
-                "value size {} where 8 was expected",
-                info.value_size()
+                "value size {} where {} was expected",
+                info.value_size(),
+                size_of::<T>()
             ))));
         }
         let len = info.max_entries() as usize;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let bytes = (len * 8).div_ceil(page) * page;
-        // SAFETY: a shared read-write mapping of a BPF_F_MMAPABLE array of `len` 8-byte
-        // values (the kernel rounds the array's memory up to whole pages); the fd is valid.
+        let bytes = (len * size_of::<T>()).div_ceil(page) * page;
+        // SAFETY: a shared read-write mapping of a BPF_F_MMAPABLE array of `len` values of
+        // `T` (the kernel rounds the array's memory up to whole pages); the fd is valid.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -245,11 +102,11 @@ impl MmapArray {
         if ptr == libc::MAP_FAILED {
             return Err(io(std::io::Error::last_os_error()));
         }
-        let ptr = std::ptr::NonNull::new(ptr.cast::<u64>())
+        let ptr = std::ptr::NonNull::new(ptr.cast::<T>())
             .ok_or_else(|| io(std::io::Error::other("mmap returned NULL")))?;
         Ok(Self {
             name,
-            _data: data,
+            data,
             ptr,
             len,
             bytes,
@@ -264,62 +121,149 @@ impl MmapArray {
         self.len == 0
     }
 
-    pub fn as_slice(&self) -> &[u64] {
-        // SAFETY: the mapping holds `len` u64 values for as long as self lives. The program
-        // may read them concurrently; u64 stores and loads are single accesses.
+    pub fn as_slice(&self) -> &[T] {
+        // SAFETY: the mapping holds `len` values for as long as self lives; Pod values are
+        // valid for any bytes the program or another process may have written.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
-    pub fn as_mut_slice(&mut self) -> &mut [u64] {
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
         // SAFETY: as above; `&mut self` keeps this process from aliasing it.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
     /// Kernel memory charged to the map.
     pub fn memlock(&self) -> Result<u64, MapsError> {
-        memlock(&self._data).map_err(|source| MapsError::Io {
+        memlock(&self.data).map_err(|source| MapsError::Io {
             name: self.name,
             source,
         })
     }
 }
 
-impl Drop for MmapArray {
+impl<T: Pod> Drop for MmapArray<T> {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `open` mapped.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
     }
 }
 
-/// The IPv4 range tables the program searches, both copies.
-pub struct V4Ranges {
-    pub direct: MmapArray,
-    pub dst: MmapArray,
-    pub src: MmapArray,
-    pub record_dst: MmapArray,
-    pub record_src: MmapArray,
-    pub results: Array<MapData, RuleEntry>,
-    pub active: Array<MapData, u32>,
+/// An address family's range table and record encodings.
+pub trait Family {
+    type Net: Copy + Ord + std::fmt::Display;
+    /// A range as the program's map holds it.
+    type Range: Pod;
+    /// A record entry (`network`, `len`, `rule id`) as userspace stores it.
+    type Record: Pod;
+    const RANGES_DST: &'static str;
+    const RANGES_SRC: &'static str;
+    const DIRECT: &'static str;
+    const RECORD_DST: &'static str;
+    const RECORD_SRC: &'static str;
+    fn encode(table: &crate::dxr::Dxr) -> Vec<Self::Range>;
+    fn record(net: &Self::Net, rule_id: u32) -> Self::Record;
+    fn unrecord(r: &Self::Record) -> Option<(Self::Net, u32)>;
+    fn contains(net: &Self::Net, addr: std::net::IpAddr) -> bool;
+    fn bits(net: &Self::Net) -> u8;
 }
 
-impl V4Ranges {
+pub struct V4;
+pub struct V6;
+
+impl Family for V4 {
+    type Net = Ipv4Net;
+    type Range = u64;
+    type Record = u64;
+    const RANGES_DST: &'static str = names::V4_RANGES_DST;
+    const RANGES_SRC: &'static str = names::V4_RANGES_SRC;
+    const DIRECT: &'static str = names::V4_DIRECT;
+    const RECORD_DST: &'static str = names::V4_RECORD_DST;
+    const RECORD_SRC: &'static str = names::V4_RECORD_SRC;
+    fn encode(table: &crate::dxr::Dxr) -> Vec<u64> {
+        table.encode_v4()
+    }
+    fn record(net: &Ipv4Net, rule_id: u32) -> u64 {
+        filter_common::dxr::record(u32::from(net.network()), net.prefix_len(), rule_id)
+    }
+    fn unrecord(r: &u64) -> Option<(Ipv4Net, u32)> {
+        let net = Ipv4Net::new(Ipv4Addr::from((r >> 32) as u32), (r >> 24) as u8).ok()?;
+        Some((net, (r & 0xff_ffff) as u32))
+    }
+    fn contains(net: &Ipv4Net, addr: std::net::IpAddr) -> bool {
+        matches!(addr, std::net::IpAddr::V4(a) if net.contains(&a))
+    }
+    fn bits(net: &Ipv4Net) -> u8 {
+        net.prefix_len()
+    }
+}
+
+impl Family for V6 {
+    type Net = Ipv6Net;
+    type Range = Range6;
+    type Record = Range6;
+    const RANGES_DST: &'static str = names::V6_RANGES_DST;
+    const RANGES_SRC: &'static str = names::V6_RANGES_SRC;
+    const DIRECT: &'static str = names::V6_DIRECT;
+    const RECORD_DST: &'static str = names::V6_RECORD_DST;
+    const RECORD_SRC: &'static str = names::V6_RECORD_SRC;
+    fn encode(table: &crate::dxr::Dxr) -> Vec<Range6> {
+        table.encode_v6()
+    }
+    fn record(net: &Ipv6Net, rule_id: u32) -> Range6 {
+        let a = u128::from(net.network());
+        Range6 {
+            start_hi: (a >> 64) as u64,
+            start_lo: a as u64,
+            value: (u64::from(net.prefix_len()) << 24) | u64::from(rule_id & 0xff_ffff),
+        }
+    }
+    fn unrecord(r: &Range6) -> Option<(Ipv6Net, u32)> {
+        let a = (u128::from(r.start_hi) << 64) | u128::from(r.start_lo);
+        let net = Ipv6Net::new(Ipv6Addr::from(a), (r.value >> 24) as u8).ok()?;
+        Some((net, (r.value & 0xff_ffff) as u32))
+    }
+    fn contains(net: &Ipv6Net, addr: std::net::IpAddr) -> bool {
+        matches!(addr, std::net::IpAddr::V6(a) if net.contains(&a))
+    }
+    fn bits(net: &Ipv6Net) -> u8 {
+        net.prefix_len()
+    }
+}
+
+/// One family's range tables, both directions and both copies, with their records.
+pub struct Ranges<F: Family> {
+    pub direct: MmapArray<u64>,
+    pub dst: MmapArray<F::Range>,
+    pub src: MmapArray<F::Range>,
+    pub record_dst: MmapArray<F::Record>,
+    pub record_src: MmapArray<F::Record>,
+}
+
+impl<F: Family> Ranges<F> {
     fn open(pins: &Pins) -> Result<Self, MapsError> {
         Ok(Self {
-            direct: MmapArray::open(pins, names::V4_DIRECT)?,
-            dst: MmapArray::open(pins, names::V4_RANGES_DST)?,
-            src: MmapArray::open(pins, names::V4_RANGES_SRC)?,
-            record_dst: MmapArray::open(pins, names::V4_RECORD_DST)?,
-            record_src: MmapArray::open(pins, names::V4_RECORD_SRC)?,
-            results: Array::try_from(open_map(pins, names::V4_RESULTS)?)
-                .map_err(op(names::V4_RESULTS))?,
-            active: Array::try_from(open_map(pins, names::V4_ACTIVE)?)
-                .map_err(op(names::V4_ACTIVE))?,
+            direct: MmapArray::open(pins, F::DIRECT)?,
+            dst: MmapArray::open(pins, F::RANGES_DST)?,
+            src: MmapArray::open(pins, F::RANGES_SRC)?,
+            record_dst: MmapArray::open(pins, F::RECORD_DST)?,
+            record_src: MmapArray::open(pins, F::RECORD_SRC)?,
         })
     }
 
-    /// The copy the program uses now.
-    pub fn active(&self) -> Result<u32, MapsError> {
-        Ok(self.active.get(&0, 0).map_err(op(names::V4_ACTIVE))? & 1)
+    fn ranges(&mut self, direction: u8) -> &mut MmapArray<F::Range> {
+        if direction == filter_common::direction::SRC {
+            &mut self.src
+        } else {
+            &mut self.dst
+        }
+    }
+
+    fn record_map(&self, direction: u8) -> &MmapArray<F::Record> {
+        if direction == filter_common::direction::SRC {
+            &self.record_src
+        } else {
+            &self.record_dst
+        }
     }
 
     /// Ranges one copy of a direction's table can hold.
@@ -332,98 +276,97 @@ impl V4Ranges {
         map.len() / 2
     }
 
-    fn record_map(&self, direction: u8) -> &MmapArray {
-        if direction == filter_common::direction::SRC {
-            &self.record_src
-        } else {
-            &self.record_dst
-        }
-    }
-
-    /// Prefixes one copy of a direction's record can hold.
+    /// Prefixes one copy of a direction's record can hold (slot 0 is the count).
     pub fn record_capacity(&self, direction: u8) -> usize {
         self.record_map(direction).len() / 2 - 1
     }
 
-    /// The prefixes and entries the active copy was built from.
-    pub fn record(&self, direction: u8) -> Result<BTreeMap<Ipv4Net, RuleEntry>, MapsError> {
-        let copy = self.active()?;
-        let mut entries: BTreeMap<u32, RuleEntry> = BTreeMap::new();
-        let mut out = BTreeMap::new();
-        for r in self.record_slice(copy, direction) {
-            let (net, len, id) = ((*r >> 32) as u32, (*r >> 24) as u8, (*r & 0xff_ffff) as u32);
-            let entry = match entries.get(&id) {
-                Some(e) => *e,
-                None => {
-                    let e = self
-                        .results
-                        .get(&(copy * MAX_RULES + id), 0)
-                        .map_err(op(names::V4_RESULTS))?;
-                    entries.insert(id, e);
-                    e
-                }
-            };
-            if let Ok(p) = Ipv4Net::new(Ipv4Addr::from(net), len) {
-                out.insert(p, entry);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Prefixes in the active copy's record.
-    pub fn record_len(&self, direction: u8) -> Result<usize, MapsError> {
-        Ok(self.record_slice(self.active()?, direction).len())
-    }
-
-    /// The record of one copy: its prefixes, without the count slot.
-    fn record_slice(&self, copy: u32, direction: u8) -> &[u64] {
+    /// One copy's record, without the count slot.
+    fn record_slice(&self, copy: u32, direction: u8) -> &[F::Record] {
         let all = self.record_map(direction).as_slice();
         let half = all.len() / 2;
         let base = copy as usize * half;
-        let n = (all[base] as usize).min(half - 1);
+        let n = count_of::<F>(&all[base]).min(half - 1);
         &all[base + 1..base + 1 + n]
     }
 
-    /// Write one copy's record (the count last: the copy is not in use, and a reader of a
-    /// half-written one sees fewer prefixes, never garbage).
-    pub fn write_record(&mut self, copy: u32, direction: u8, records: &[u64]) {
-        let map = if direction == filter_common::direction::SRC {
-            &mut self.record_src
+    /// Write one direction of the copy the program does not use: the record first (its count
+    /// last), then the ranges, then the direct table pointing at them.
+    pub fn write(
+        &mut self,
+        copy: u32,
+        direction: u8,
+        table: &crate::dxr::Dxr,
+        record: &[F::Record],
+    ) {
+        let all = if direction == filter_common::direction::SRC {
+            self.record_src.as_mut_slice()
         } else {
-            &mut self.record_dst
+            self.record_dst.as_mut_slice()
         };
-        let all = map.as_mut_slice();
         let base = copy as usize * (all.len() / 2);
-        all[base] = 0;
-        all[base + 1..base + 1 + records.len()].copy_from_slice(records);
-        all[base] = records.len() as u64;
+        all[base] = with_count::<F>(0);
+        all[base + 1..base + 1 + record.len()].copy_from_slice(record);
+        all[base] = with_count::<F>(record.len());
+        let cap = self.capacity(direction);
+        let base = copy as usize * cap;
+        let encoded = F::encode(table);
+        self.ranges(direction).as_mut_slice()[base..base + encoded.len()].copy_from_slice(&encoded);
+        let at =
+            (copy * 2 + u32::from(direction)) as usize * filter_common::dxr::DIRECT_LEN as usize;
+        let len = filter_common::dxr::DIRECT_LEN as usize;
+        for (slot, start) in self.direct.as_mut_slice()[at..at + len]
+            .iter_mut()
+            .zip(&table.direct)
+        {
+            *slot = (base + *start as usize) as u64;
+        }
     }
 
-    /// The longest prefix in the active record holding `addr`, with its entry.
-    pub fn longest_match(
-        &self,
-        direction: u8,
-        addr: Ipv4Addr,
-    ) -> Result<Option<(Ipv4Net, RuleEntry)>, MapsError> {
-        Ok(self
-            .record(direction)?
-            .into_iter()
-            .filter(|(p, _)| p.contains(&addr))
-            .max_by_key(|(p, _)| p.prefix_len()))
+    fn memory(&self) -> Result<Vec<(&'static str, u64)>, MapsError> {
+        Ok(vec![
+            (self.direct.name, self.direct.memlock()?),
+            (self.dst.name, self.dst.memlock()?),
+            (self.src.name, self.src.memlock()?),
+            (self.record_dst.name, self.record_dst.memlock()?),
+            (self.record_src.name, self.record_src.memlock()?),
+        ])
     }
+}
+
+/// The count in a record's slot 0: the first 8 bytes of the entry.
+fn count_of<F: Family>(slot: &F::Record) -> usize {
+    // SAFETY: every record type is Pod and at least 8 bytes long (checked when mapped).
+    let first = unsafe { std::ptr::from_ref(slot).cast::<u64>().read_unaligned() };
+    first as usize
+}
+
+fn with_count<F: Family>(n: usize) -> F::Record {
+    // SAFETY: Pod: all-zero is a valid value.
+    let mut r: F::Record = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the first 8 bytes hold the count.
+    unsafe {
+        std::ptr::from_mut(&mut r)
+            .cast::<u64>()
+            .write_unaligned(n as u64)
+    };
+    r
 }
 
 /// All pinned maps of one edgeblock instance.
 pub struct Maps {
-    pub dst_v6: Table<Ipv6Net>,
-    pub src_v6: Table<Ipv6Net>,
+    pub v4: Ranges<V4>,
+    pub v6: Ranges<V6>,
+    /// Per copy, the entry of every rule id (both families).
+    pub results: Array<MapData, RuleEntry>,
+    /// Entry 0: the copy the program uses.
+    pub active: Array<MapData, u32>,
     pub rule_stats: PerCpuArray<MapData, Counter>,
     pub stats: PerCpuArray<MapData, Counter>,
     pub config: Array<MapData, Config>,
     pub rules: Array<MapData, RuleMeta>,
     pub notice: Array<MapData, NoticeTarget>,
     pub notice_dev: DevMap<MapData>,
-    pub v4: V4Ranges,
 }
 
 fn open_map(pins: &Pins, name: &'static str) -> Result<Map, MapsError> {
@@ -488,8 +431,11 @@ impl From<Counter> for CounterJson {
 impl Maps {
     pub fn open(pins: &Pins) -> Result<Self, MapsError> {
         Ok(Self {
-            dst_v6: Table::open(pins, names::DST_V6)?,
-            src_v6: Table::open(pins, names::SRC_V6)?,
+            v4: Ranges::open(pins)?,
+            v6: Ranges::open(pins)?,
+            results: Array::try_from(open_map(pins, names::RESULTS)?)
+                .map_err(op(names::RESULTS))?,
+            active: Array::try_from(open_map(pins, names::ACTIVE)?).map_err(op(names::ACTIVE))?,
             rule_stats: PerCpuArray::try_from(open_map(pins, names::RULE_STATS)?)
                 .map_err(op(names::RULE_STATS))?,
             stats: PerCpuArray::try_from(open_map(pins, names::STATS)?)
@@ -499,8 +445,64 @@ impl Maps {
             notice: Array::try_from(open_map(pins, names::NOTICE)?).map_err(op(names::NOTICE))?,
             notice_dev: DevMap::try_from(open_map(pins, names::NOTICE_DEV)?)
                 .map_err(op(names::NOTICE_DEV))?,
-            v4: V4Ranges::open(pins)?,
         })
+    }
+
+    /// The copy of the tables the program uses now.
+    pub fn active(&self) -> Result<u32, MapsError> {
+        Ok(self.active.get(&0, 0).map_err(op(names::ACTIVE))? & filter_common::active::COPY)
+    }
+
+    /// The prefixes and entries of a direction the active copy was built from.
+    pub fn record<F: Family>(
+        &self,
+        ranges: &Ranges<F>,
+        direction: u8,
+    ) -> Result<BTreeMap<F::Net, RuleEntry>, MapsError> {
+        let copy = self.active()?;
+        let mut entries: BTreeMap<u32, RuleEntry> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for r in ranges.record_slice(copy, direction) {
+            let Some((net, id)) = F::unrecord(r) else {
+                continue;
+            };
+            let entry = match entries.get(&id) {
+                Some(e) => *e,
+                None => {
+                    let e = self
+                        .results
+                        .get(&(copy * MAX_RULES + id), 0)
+                        .map_err(op(names::RESULTS))?;
+                    entries.insert(id, e);
+                    e
+                }
+            };
+            out.insert(net, entry);
+        }
+        Ok(out)
+    }
+
+    /// Prefixes of a direction in the active copy.
+    pub fn record_len<F: Family>(
+        &self,
+        ranges: &Ranges<F>,
+        direction: u8,
+    ) -> Result<usize, MapsError> {
+        Ok(ranges.record_slice(self.active()?, direction).len())
+    }
+
+    /// The longest prefix of a direction holding `addr` in the active copy, with its entry.
+    pub fn longest_match<F: Family>(
+        &self,
+        ranges: &Ranges<F>,
+        direction: u8,
+        addr: std::net::IpAddr,
+    ) -> Result<Option<(F::Net, RuleEntry)>, MapsError> {
+        Ok(self
+            .record(ranges, direction)?
+            .into_iter()
+            .filter(|(p, _)| F::contains(p, addr))
+            .max_by_key(|(p, _)| F::bits(p)))
     }
 
     /// Every notice target slot (unused ones have ifindex 0).
@@ -593,32 +595,23 @@ impl Maps {
     /// Memory charged to every map, by name.
     pub fn memory(&self) -> Result<Vec<(&'static str, u64)>, MapsError> {
         use aya::maps::IterableMap as _;
-        let io = |name| move |source| MapsError::Io { name, source };
-        Ok(vec![
-            (self.dst_v6.name, self.dst_v6.memlock()?),
-            (self.src_v6.name, self.src_v6.memlock()?),
-            (
-                names::RULE_STATS,
-                memlock(self.rule_stats.map()).map_err(io(names::RULE_STATS))?,
-            ),
-            (
-                names::STATS,
-                memlock(self.stats.map()).map_err(io(names::STATS))?,
-            ),
-            (
-                names::CONFIG,
-                memlock(self.config.map()).map_err(io(names::CONFIG))?,
-            ),
-            (
-                names::RULES,
-                memlock(self.rules.map()).map_err(io(names::RULES))?,
-            ),
-            (names::V4_DIRECT, self.v4.direct.memlock()?),
-            (names::V4_RANGES_DST, self.v4.dst.memlock()?),
-            (names::V4_RANGES_SRC, self.v4.src.memlock()?),
-            (names::V4_RECORD_DST, self.v4.record_dst.memlock()?),
-            (names::V4_RECORD_SRC, self.v4.record_src.memlock()?),
-        ])
+        let mut out = Vec::new();
+        for (name, map) in [
+            (names::RULE_STATS, self.rule_stats.map()),
+            (names::STATS, self.stats.map()),
+            (names::CONFIG, self.config.map()),
+            (names::RULES, self.rules.map()),
+            (names::RESULTS, self.results.map()),
+            (names::NOTICE, self.notice.map()),
+        ] {
+            out.push((
+                name,
+                memlock(map).map_err(|source| MapsError::Io { name, source })?,
+            ));
+        }
+        out.extend(self.v4.memory()?);
+        out.extend(self.v6.memory()?);
+        Ok(out)
     }
 }
 

@@ -25,6 +25,7 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use edgeblock::{
     compile::{Compiled, action_name, compile, hash_hex},
     loader::Filter,
+    maps::Maps,
     pins::Pins,
     policy::{self, Direction},
 };
@@ -127,7 +128,7 @@ impl Drop for Running {
     }
 }
 
-/// xorshift64*: enough randomness for kill delays, replayable from the printed seed.
+/// xorshift64*: enough randomness for probe addresses, replayable from the printed seed.
 struct Rng(u64);
 
 impl Rng {
@@ -156,11 +157,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
-
-    /// `d` scaled by a factor in [0.8, 1.2).
-    fn jitter(&mut self, d: Duration) -> Duration {
-        d.mul_f64(0.8 + self.below(400) as f64 / 1000.0)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -168,8 +164,7 @@ impl Rng {
 
 /// IPv4 prefixes in the big list: every other /24 from 10.0.0.0.
 const BIG_V4: u32 = 100_000;
-/// IPv6 prefixes in the big list: /48s from 2a00::. The IPv6 tables are written one element
-/// per syscall, which makes the write phase of an apply long enough to land kills in.
+/// IPv6 prefixes in the big list: /48s from 2a00::.
 const BIG_V6: u32 = 200_000;
 
 fn big_v4(i: u32) -> Ipv4Addr {
@@ -419,8 +414,8 @@ fn an_apply_killed_part_way_leaves_old_or_new_and_the_next_apply_converges() {
     }
     let stopper = StopOnDrop(Arc::clone(&stop));
 
-    // One `apply` of the new policy, SIGKILLed after about `delay`; checked with `lookup`.
-    let mut kill_apply = |attempt: u32, delay: Duration| -> (Duration, Left) {
+    // One `apply` of the new policy, SIGKILLed part-way; checked with `lookup`.
+    let kill_apply = |attempt: u32| -> Left {
         let before = policy_state(&env.status());
         let mut child = Running(
             env.cmd(&["apply", path(&new)])
@@ -429,8 +424,17 @@ fn an_apply_killed_part_way_leaves_old_or_new_and_the_next_apply_converges() {
                 .spawn()
                 .expect("spawn edgeblock apply"),
         );
-        let wait = rng.jitter(delay);
-        thread::sleep(wait);
+        // Killed as soon as its first write shows (the metadata of the rules it adds, written
+        // before the tables): the kill then lands while it writes the tables.
+        let started = Instant::now();
+        let maps = Maps::open(&env.pins()).unwrap_or_else(|e| panic!("open the maps: {e}"));
+        let metas = maps.rule_metas().expect("read the rule metadata");
+        while matches!(child.0.try_wait(), Ok(None))
+            && maps.rule_metas().expect("read the rule metadata") == metas
+        {
+            thread::yield_now();
+        }
+        let wait = started.elapsed();
         // Not reaped yet, so the pid is still this child's even if it has exited.
         let _ = kill(Pid::from_raw(child.0.id() as i32), Signal::SIGKILL);
         let exit = child.0.wait().expect("wait for edgeblock apply");
@@ -461,25 +465,16 @@ fn an_apply_killed_part_way_leaves_old_or_new_and_the_next_apply_converges() {
                 new_lookups[i]
             );
         }
-        (wait, now)
+        now
     };
 
-    // The delay is bisected towards the apply's write phase: a kill that changed nothing came
-    // too early, one that left the new policy too late. A kill that left part of it is what
-    // this test is after; the first such state is applied back to the old policy, the second
-    // is killed into once more and then left for the final apply to converge from.
-    let (mut early, mut late) = (Duration::ZERO, full.mul_f64(1.5));
-    let mut delay = full / 2;
+    // The first partial state is applied back to the old policy, the second is killed into
+    // once more and then left for the final apply to converge from.
     let mut outcomes = Vec::new();
-    for attempt in 1..=24 {
-        let (wait, now) = kill_apply(attempt, delay);
+    for attempt in 1..=8 {
+        let now = kill_apply(attempt);
         outcomes.push(now);
         match now {
-            Left::Unchanged => early = wait,
-            Left::New => {
-                late = wait;
-                env.ok(&["apply", path(&old)]);
-            }
             Left::Partial if outcomes.iter().filter(|o| **o == Left::Partial).count() >= 2 => {
                 break;
             }
@@ -491,15 +486,18 @@ fn an_apply_killed_part_way_leaves_old_or_new_and_the_next_apply_converges() {
                     "from part of the new policy, an apply of the old one converges too"
                 );
             }
+            Left::New => {
+                env.ok(&["apply", path(&old)]);
+            }
+            Left::Unchanged => {}
         }
-        delay = (early + late) / 2;
     }
     assert!(
         outcomes.iter().filter(|o| **o == Left::Partial).count() >= 2,
         "no two kills landed while the apply was writing ({outcomes:?}, a whole apply took \
          {full:.2?}): the test proves too little, look at its timing"
     );
-    kill_apply(outcomes.len() as u32 + 1, delay);
+    kill_apply(outcomes.len() as u32 + 1);
     drop(stopper);
     let seen = watcher.join().expect("the data-path watcher panicked");
 

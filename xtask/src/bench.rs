@@ -591,6 +591,15 @@ mod imp {
             .clone()
             .context("--out is set by `cargo xtask bench`")?;
         let cli_bin = build_edgeblock(Profile::Release)?;
+        // The default tables hold about a million IPv4 prefixes; the largest size needs more
+        // (each prefix makes at most two ranges, each chunk one). Every edgeblock this run
+        // loads, in process or through the CLI, reads it.
+        let largest = plan.v4_sizes.iter().copied().max().unwrap_or(0);
+        let ranges = 2 * largest + filter_common::dxr::DIRECT_LEN as usize;
+        if ranges > filter_common::dxr::DEFAULT_DST_RANGES as usize {
+            // SAFETY: set before this process starts any thread.
+            unsafe { std::env::set_var("EDGEBLOCK_V4_DST_RANGES", ranges.to_string()) };
+        }
 
         eprintln!(
             "generating {} IPv4 and {} IPv6 prefixes",

@@ -85,6 +85,14 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         plan.rules_removed.len(),
         plan.rules_changed.len()
     );
+    if let Some(f) = &filter {
+        plan.check_capacity(&f.maps).with_context(|| {
+            format!(
+                "{}: the policy does not fit the loaded program's tables; nothing was changed",
+                args.policy.display()
+            )
+        })?;
+    }
     if args.dry_run {
         println!("dry run: nothing was changed");
         return Ok(());

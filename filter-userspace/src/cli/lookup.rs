@@ -1,17 +1,12 @@
 use std::net::IpAddr;
 
-use edgeblock::{
-    compile::action_name,
-    loader::Filter,
-    maps::{LpmPrefix, Table, decode_name},
-};
+use edgeblock::{compile::action_name, loader::Filter, maps::decode_name};
 use filter_common::{RuleEntry, direction};
-use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::Global;
 
 /// Which rule and action the live maps give an address, as destination and as source, and
-/// what the program decides for a packet whose other address matches nothing.
+/// the prefix that gives it.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// IPv4 or IPv6 address.
@@ -22,16 +17,17 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     let filter = Filter::open(&g.pins())?;
     let m = &filter.maps;
     let (dst, src) = match args.addr {
-        IpAddr::V4(a) => {
-            let named = |hit: Option<(Ipv4Net, RuleEntry)>| hit.map(|(p, e)| (p.to_string(), e));
-            (
-                named(m.v4.longest_match(direction::DST, a)?),
-                named(m.v4.longest_match(direction::SRC, a)?),
-            )
-        }
-        IpAddr::V6(a) => (
-            find::<Ipv6Net>(&m.dst_v6, a.octets())?,
-            find::<Ipv6Net>(&m.src_v6, a.octets())?,
+        IpAddr::V4(_) => (
+            m.longest_match(&m.v4, direction::DST, args.addr)?
+                .map(|(p, e)| (p.to_string(), e)),
+            m.longest_match(&m.v4, direction::SRC, args.addr)?
+                .map(|(p, e)| (p.to_string(), e)),
+        ),
+        IpAddr::V6(_) => (
+            m.longest_match(&m.v6, direction::DST, args.addr)?
+                .map(|(p, e)| (p.to_string(), e)),
+            m.longest_match(&m.v6, direction::SRC, args.addr)?
+                .map(|(p, e)| (p.to_string(), e)),
         ),
     };
     let metas = m.rule_metas()?;
@@ -48,12 +44,4 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     println!("{} as destination: {}", args.addr, describe(&dst));
     println!("{} as source:      {}", args.addr, describe(&src));
     Ok(())
-}
-
-/// The longest prefix the live table holds for `addr`, named.
-fn find<P: LpmPrefix>(
-    table: &Table<P>,
-    addr: P::Bytes,
-) -> anyhow::Result<Option<(String, RuleEntry)>> {
-    Ok(table.longest_match(addr)?.map(|(p, e)| (p.to_string(), e)))
 }
