@@ -192,7 +192,7 @@ pub fn list(g: &Global, args: ListArgs) -> anyhow::Result<()> {
             b.prefix.to_string(),
             b.direction.to_string(),
             b.action.to_string(),
-            b.expires.map_or_else(|| "never".into(), |e| seconds(e)),
+            b.expires.map_or_else(|| "never".into(), seconds),
             b.who,
             seconds(b.added),
             b.reason
