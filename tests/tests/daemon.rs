@@ -55,7 +55,7 @@ impl Env {
     }
 
     fn data_dir(&self) -> PathBuf {
-        self.bpffs.dir().join("data")
+        self.bpffs.data_dir()
     }
 
     fn command(&self) -> Command {
