@@ -5,7 +5,9 @@
 
 pub mod apply;
 pub mod compile;
+pub mod daemon;
 pub mod dxr;
+pub mod enforce;
 pub mod loader;
 pub mod lock;
 pub mod lockout;
@@ -15,6 +17,8 @@ pub mod notice;
 pub mod pins;
 pub mod policy;
 pub mod reference;
+pub mod runtime;
+pub mod snapshot;
 
 /// Where edgeblock keeps what must survive a reboot: runtime blocks, the audit log, the last good
 /// policy. `--data-dir` / `EDGEBLOCK_DATA_DIR` override it.

@@ -104,6 +104,8 @@ pub enum LoaderError {
     NotAttached { iface: String },
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
+    #[error("opening map {path}: {source}")]
+    OpenMap { path: String, source: MapError },
     #[error("{var}={value:?}: expected a number of ranges from 65536 to 2^30")]
     BadCapacity { var: &'static str, value: String },
 }
@@ -131,6 +133,8 @@ pub struct Filter {
     pins: Pins,
     prog: Xdp,
     pub maps: Maps,
+    /// Every pinned map by name, held so that [`Filter::restore_pins`] can pin it again.
+    held: Vec<(&'static str, MapData)>,
 }
 
 impl Filter {
@@ -157,10 +161,22 @@ impl Filter {
             }
         })?;
         let maps = Maps::open(pins)?;
+        let held = all_maps()
+            .map(|name| {
+                let path = pins.map(name);
+                MapData::from_pin(&path)
+                    .map(|data| (name, data))
+                    .map_err(|source| LoaderError::OpenMap {
+                        path: path.display().to_string(),
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             pins: pins.clone(),
             prog,
             maps,
+            held,
         })
     }
 
@@ -254,6 +270,58 @@ impl Filter {
         };
         unpin_link(&pin)?;
         Ok(pin.mode)
+    }
+
+    /// Whether the program pinned now is the one this `Filter` holds (not removed, not
+    /// replaced by another load after a purge).
+    pub fn pinned_program_is_ours(&self) -> Result<bool, LoaderError> {
+        if !self.pins.exists() {
+            return Ok(false);
+        }
+        let pinned = Xdp::from_pin(self.pins.prog(), XdpAttachType::Interface)
+            .and_then(|p| p.info())
+            .map_err(|source| LoaderError::Program {
+                what: format!("opening {}", self.pins.prog().display()),
+                source,
+            })?;
+        Ok(pinned.id() == self.program_id()?)
+    }
+
+    /// Whether the program and every map are pinned (by path; see
+    /// [`Filter::pinned_program_is_ours`] for whose they are).
+    pub fn pins_complete(&self) -> bool {
+        self.pins.exists()
+            && self
+                .held
+                .iter()
+                .all(|(name, _)| self.pins.map(name).exists())
+    }
+
+    /// Pin again, from this process's descriptors, whatever of the program and its maps
+    /// someone removed (`rm`, a purge): the kernel objects live on while a descriptor or a
+    /// link holds them. The program is pinned last, as at load. Returns the paths restored.
+    pub fn restore_pins(&mut self) -> Result<Vec<std::path::PathBuf>, LoaderError> {
+        self.pins.prepare()?;
+        let mut restored = Vec::new();
+        for (name, data) in &self.held {
+            let path = self.pins.map(name);
+            if !path.exists() {
+                data.pin(&path).map_err(|source| LoaderError::Pin {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                restored.push(path);
+            }
+        }
+        let prog = self.pins.prog();
+        if !prog.exists() {
+            self.prog.pin(&prog).map_err(|source| LoaderError::Pin {
+                path: prog.display().to_string(),
+                source,
+            })?;
+            restored.push(prog);
+        }
+        Ok(restored)
     }
 
     pub fn links(&self) -> Result<Vec<LinkPin>, LoaderError> {
@@ -354,11 +422,16 @@ pub fn purge(pins: &Pins) -> Result<(), LoaderError> {
         unpin_link(&pin)?;
     }
     remove_if_exists(&pins.prog()).map_err(io(&pins.prog()))?;
-    for name in PROGRAM_MAPS.iter().chain(&USERSPACE_MAPS) {
+    for name in all_maps() {
         let path = pins.map(name);
         remove_if_exists(&path).map_err(io(&path))?;
     }
     Ok(())
+}
+
+/// Every map pinned under `<root>/maps`: the program's and the ones userspace creates.
+fn all_maps() -> impl Iterator<Item = &'static str> {
+    PROGRAM_MAPS.into_iter().chain(USERSPACE_MAPS)
 }
 
 /// A range-table capacity from the environment, or the default.

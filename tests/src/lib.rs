@@ -156,6 +156,12 @@ impl Bpffs {
         &self.state_dir
     }
 
+    /// Where edgeblock keeps persistent state (runtime blocks, the applied policy): pass it
+    /// as `edgeblock --data-dir`, so tests never touch the host's /var/lib/edgeblock.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
     /// The temp dir holding both.
     pub fn dir(&self) -> &Path {
         &self.dir

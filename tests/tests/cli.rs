@@ -52,7 +52,10 @@ impl Env {
 
     fn global_args(&self, c: &mut Command) {
         c.arg("--pin-root").arg(self.bpffs.pin_root());
-        c.arg("--state-dir").arg(self.bpffs.state_dir());
+        c.arg("--state-dir")
+            .arg(self.bpffs.state_dir())
+            .arg("--data-dir")
+            .arg(self.bpffs.data_dir());
     }
 
     fn run(&self, args: &[&str]) -> Output {

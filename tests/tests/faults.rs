@@ -76,7 +76,10 @@ impl Env {
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = self.ns.command(edgeblock_bin());
         c.arg("--pin-root").arg(self.bpffs.pin_root());
-        c.arg("--state-dir").arg(self.bpffs.state_dir());
+        c.arg("--state-dir")
+            .arg(self.bpffs.state_dir())
+            .arg("--data-dir")
+            .arg(self.bpffs.data_dir());
         c.args(args);
         c
     }
@@ -737,6 +740,8 @@ fn a_pin_root_off_bpffs_is_explained_and_left_untouched() {
                 .arg(&pin_root)
                 .arg("--state-dir")
                 .arg(env.bpffs.state_dir())
+                .arg("--data-dir")
+                .arg(env.bpffs.data_dir())
                 .args(args)
                 .output()
                 .expect("run edgeblock");
@@ -769,9 +774,9 @@ fn a_missing_bpffs_at_sys_fs_bpf_is_mounted() {
         set -e
         while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf; done
         [ "$(stat -f -c %T /sys/fs/bpf)" != bpf_fs ]
-        "$EB" --pin-root /sys/fs/bpf/edgeblock-faults --state-dir "$STATE" apply "$POLICY"
+        "$EB" --pin-root /sys/fs/bpf/edgeblock-faults --state-dir "$STATE" --data-dir "$DATA" apply "$POLICY"
         stat -f -c %T /sys/fs/bpf
-        "$EB" --pin-root /sys/fs/bpf/edgeblock-faults --state-dir "$STATE" status
+        "$EB" --pin-root /sys/fs/bpf/edgeblock-faults --state-dir "$STATE" --data-dir "$DATA" status
     "#;
     let out = env
         .ns
@@ -779,6 +784,7 @@ fn a_missing_bpffs_at_sys_fs_bpf_is_mounted() {
         .args(["--mount", "--propagation", "private", "sh", "-c", script])
         .env("EB", edgeblock_bin())
         .env("STATE", env.bpffs.state_dir())
+        .env("DATA", env.bpffs.data_dir())
         .env("POLICY", &policy)
         .output()
         .expect("run unshare (util-linux)");

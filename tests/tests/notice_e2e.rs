@@ -117,6 +117,8 @@ prefixes = ["{ORIGIN_EXCEPTION_V4}"]
             .arg(bpffs.pin_root())
             .arg("--state-dir")
             .arg(bpffs.state_dir())
+            .arg("--data-dir")
+            .arg(bpffs.data_dir())
             .args(args)
             .output()
             .expect("run edgeblock in the edge namespace");

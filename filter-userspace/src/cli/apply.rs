@@ -3,10 +3,13 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use edgeblock::{
     apply::{Live, Plan},
+    enforce::{prepare, unix},
     loader::Filter,
+    runtime::BlockStore,
+    snapshot,
 };
 
-use super::{Global, load_policy, lockout_problems, resolve_targets, summary};
+use super::{Global, now, read_policy, summary};
 
 /// Compile a policy, diff it against the live maps and apply the difference without a gap.
 /// Prints +added -removed ~changed. A policy that fails validation changes nothing.
@@ -28,10 +31,17 @@ pub struct Args {
 
 pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     // Everything that can fail on the file fails here, before the lock and the kernel.
-    let (policy, compiled) = load_policy(&args.policy)?;
-    let problems = lockout_problems(&policy, &compiled)?;
+    let policy = read_policy(&args.policy)?;
+    let _lock = if args.dry_run { None } else { Some(g.lock()?) };
+    // The runtime blocks (`edgeblock block`) stay on top of whatever policy is applied.
+    let store = BlockStore::new(&g.data_dir);
+    let blocks = store.load().context("reading the runtime blocks")?;
+    let now_ts = now();
+    let prepared = prepare(&policy, &blocks, store.path(), now_ts)
+        .with_context(|| format!("{}: nothing was changed", args.policy.display()))?;
+    let problems = &prepared.lockout;
     if !problems.is_empty() {
-        for p in &problems {
+        for p in problems {
             eprintln!(
                 "{}{p}",
                 if args.force {
@@ -49,13 +59,7 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
             );
         }
     }
-    let targets = resolve_targets(&compiled).with_context(|| {
-        format!(
-            "{}: cannot resolve a notice target; nothing was changed",
-            args.policy.display()
-        )
-    })?;
-    let _lock = if args.dry_run { None } else { Some(g.lock()?) };
+    let (compiled, targets) = (&prepared.compiled, &prepared.targets);
     let pins = g.pins();
     // A dry run before anything is loaded diffs against nothing; otherwise it reads the kernel.
     let mut filter = if args.dry_run && !pins.exists() {
@@ -72,10 +76,13 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         Some(f) => Live::read(&f.maps).context("reading the live maps")?,
         None => Live::empty(),
     };
-    let now = jiff::Timestamp::now().as_second().max(0) as u64;
-    let plan = Plan::new(&compiled, &live, &targets, now)?;
+    let plan = Plan::new(compiled, &live, targets, unix(now_ts))?;
     let (added, removed, changed) = plan.counts();
-    println!("{}: {}", args.policy.display(), summary(&compiled));
+    println!("{}: {}", args.policy.display(), summary(compiled));
+    let runtime = prepared.merged.rules.len() - policy.rules.len();
+    if runtime > 0 {
+        println!("plus the runtime blocks of {}", store.path().display());
+    }
     let mut details = String::new();
     plan.write_details(&mut details, if args.verbose { usize::MAX } else { 20 })?;
     print!("{details}");
@@ -98,6 +105,7 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     if plan.is_noop(&live) {
+        snapshot::save(&g.data_dir, &policy).context("recording the applied policy")?;
         println!(
             "already in force (generation {}); nothing to do",
             live.config.generation
@@ -110,6 +118,9 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
          and applying again converges to the new policy",
     )?;
     println!("applied: generation {}", plan.config.generation);
+    snapshot::save(&g.data_dir, &policy).context(
+        "the policy is applied, but recording it for `edgeblock block` failed; check --data-dir",
+    )?;
     if filter.links()?.is_empty() {
         println!("note: not attached to any interface yet; run `edgeblock attach IFACE`");
     }

@@ -3,10 +3,12 @@
 
 mod apply;
 mod attach;
+mod block;
 mod check;
 mod detach;
 mod lookup;
 mod notice_server;
+mod run;
 mod stats;
 mod status;
 
@@ -71,6 +73,10 @@ enum Cmd {
     Stats(stats::Args),
     Lookup(lookup::Args),
     NoticeServer(notice_server::Args),
+    Run(run::Args),
+    Block(block::BlockArgs),
+    Unblock(block::UnblockArgs),
+    List(block::ListArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -84,6 +90,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Stats(a) => stats::run(g, a),
         Cmd::Lookup(a) => lookup::run(g, a),
         Cmd::NoticeServer(a) => notice_server::run(a),
+        Cmd::Run(a) => run::run(g, a),
+        Cmd::Block(a) => block::block(g, a),
+        Cmd::Unblock(a) => block::unblock(g, a),
+        Cmd::List(a) => block::list(g, a),
     }
 }
 
@@ -103,6 +113,13 @@ fn now() -> jiff::Timestamp {
 fn load_policy(
     path: &std::path::Path,
 ) -> anyhow::Result<(edgeblock::policy::Policy, edgeblock::compile::Compiled)> {
+    let policy = read_policy(path)?;
+    let compiled = edgeblock::compile::compile(&policy);
+    Ok((policy, compiled))
+}
+
+/// Load and validate a policy file, printing its notes.
+fn read_policy(path: &std::path::Path) -> anyhow::Result<edgeblock::policy::Policy> {
     let policy = edgeblock::policy::load(path, now()).map_err(|errors| {
         anyhow::anyhow!(
             "{errors}\n{}: {} error(s); nothing was changed",
@@ -113,8 +130,7 @@ fn load_policy(
     for note in &policy.notes {
         eprintln!("note: {note}");
     }
-    let compiled = edgeblock::compile::compile(&policy);
-    Ok((policy, compiled))
+    Ok(policy)
 }
 
 /// Lockout problems of a compiled policy on this host.
@@ -132,23 +148,8 @@ fn lockout_problems(
 fn resolve_targets(
     compiled: &edgeblock::compile::Compiled,
 ) -> anyhow::Result<Vec<filter_common::NoticeTarget>> {
-    compiled
-        .notices
-        .iter()
-        .map(|n| {
-            let r = edgeblock::neigh::resolve(&n.interface, n.next_hop, NEIGH_WAIT)
-                .with_context(|| format!("notice target {:?}", n.name))?;
-            Ok(filter_common::NoticeTarget {
-                ifindex: r.ifindex,
-                dst_mac: r.dst_mac,
-                src_mac: r.src_mac,
-            })
-        })
-        .collect()
+    Ok(edgeblock::enforce::resolve_targets(compiled)?)
 }
-
-/// How long to wait for the kernel to resolve a notice target's next hop.
-const NEIGH_WAIT: Duration = Duration::from_secs(2);
 
 fn summary(compiled: &edgeblock::compile::Compiled) -> String {
     let t = &compiled.tables;

@@ -1,0 +1,283 @@
+//! `block`, `unblock` and `list`: the runtime layer on top of the policy file.
+//!
+//! They work with or without `edgeblock run`: under the lock they rewrite the blocks file,
+//! merge it onto the last applied policy (recorded in the data directory) and apply the
+//! result through the same gapless path as `edgeblock apply`. A running daemon sees the file
+//! change and takes the new layer as its own.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context as _, bail};
+use edgeblock::{
+    apply::apply,
+    enforce::{prepare, unix},
+    loader::Filter,
+    policy::{self, Policy},
+    runtime::{BlockAction, BlockDirection, BlockStore, RuntimeBlock, operator},
+    snapshot,
+};
+use ipnet::IpNet;
+use jiff::Timestamp;
+use serde::Serialize;
+
+use super::{Global, now, parse_duration};
+
+/// Block a prefix now, on top of the policy file, until `unblock` or --ttl. Persisted under
+/// --data-dir, so it survives restarts and reboots; checked for lockout like a policy rule.
+#[derive(Debug, clap::Args)]
+pub struct BlockArgs {
+    /// Prefix or address, e.g. 203.0.113.0/24, 198.51.100.7, 2001:db8::/48.
+    #[arg(value_parser = parse_prefix)]
+    prefix: IpNet,
+    /// Lift the block by itself after this long (e.g. 30m, 2h, 7d); without it the block stays
+    /// until `edgeblock unblock`.
+    #[arg(long, value_parser = parse_duration)]
+    ttl: Option<Duration>,
+    /// What to do with matching packets.
+    #[arg(long, value_enum, default_value_t = BlockAction::Drop)]
+    action: BlockAction,
+    /// Match the packet's destination (dst) or source (src) address.
+    #[arg(long, value_enum, default_value_t = BlockDirection::Dst)]
+    direction: BlockDirection,
+    /// Why: shown by `edgeblock list` and in the logs (a ticket, an incident).
+    #[arg(long)]
+    reason: String,
+    /// Who is blocking (default: $SUDO_USER, else $USER).
+    #[arg(long)]
+    operator: Option<String>,
+}
+
+/// Remove a runtime block (prefixes of the policy file are changed in the file).
+#[derive(Debug, clap::Args)]
+pub struct UnblockArgs {
+    #[arg(value_parser = parse_prefix)]
+    prefix: IpNet,
+    /// Only the block on this direction (default: both).
+    #[arg(long, value_enum)]
+    direction: Option<BlockDirection>,
+    /// Who is unblocking (default: $SUDO_USER, else $USER).
+    #[arg(long)]
+    operator: Option<String>,
+}
+
+/// The runtime blocks in force: prefix, direction, action, expiry, who, when and why.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_prefix(s: &str) -> Result<IpNet, String> {
+    policy::parse_prefix(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+pub fn block(g: &Global, args: BlockArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.reason.trim().is_empty(),
+        "--reason must say why (a ticket, an incident): it is what `edgeblock list` shows"
+    );
+    let now = now();
+    let expires = args
+        .ttl
+        .map(|ttl| {
+            jiff::SignedDuration::try_from(ttl)
+                .ok()
+                .and_then(|d| now.checked_add(d).ok())
+                .with_context(|| format!("--ttl {ttl:?} is too long"))
+        })
+        .transpose()?;
+    let new = RuntimeBlock {
+        prefix: args.prefix,
+        direction: args.direction,
+        action: args.action,
+        reason: args.reason,
+        who: operator(args.operator.as_deref()),
+        added: now,
+        expires,
+    };
+    let _lock = g.lock()?;
+    let store = BlockStore::new(&g.data_dir);
+    let mut blocks = current(&store, now)?;
+    let replaced = match blocks
+        .iter_mut()
+        .find(|b| b.prefix == new.prefix && b.direction == new.direction)
+    {
+        Some(old) => {
+            *old = new.clone();
+            true
+        }
+        None => {
+            blocks.push(new.clone());
+            false
+        }
+    };
+    relayer(g, &store, blocks, now)?;
+    println!(
+        "{} {} {} {} ({}){}",
+        if replaced { "updated:" } else { "blocked:" },
+        new.action,
+        new.direction,
+        new.prefix,
+        new.reason,
+        new.expires
+            .map(|e| format!(", until {e}"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+pub fn unblock(g: &Global, args: UnblockArgs) -> anyhow::Result<()> {
+    let now = now();
+    let _lock = g.lock()?;
+    let store = BlockStore::new(&g.data_dir);
+    let mut blocks = current(&store, now)?;
+    let before = blocks.len();
+    blocks.retain(|b| b.prefix != args.prefix || args.direction.is_some_and(|d| d != b.direction));
+    let removed = before - blocks.len();
+    if removed == 0 {
+        bail!(
+            "{} is not a runtime block (see `edgeblock list`); prefixes of the policy file are \
+             removed by editing the file",
+            args.prefix
+        );
+    }
+    relayer(g, &store, blocks, now)?;
+    println!(
+        "unblocked: {} ({removed} block(s), by {})",
+        args.prefix,
+        operator(args.operator.as_deref())
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    block: &'a RuntimeBlock,
+    rule: String,
+}
+
+pub fn list(g: &Global, args: ListArgs) -> anyhow::Result<()> {
+    let store = BlockStore::new(&g.data_dir);
+    let now = now();
+    let blocks: Vec<RuntimeBlock> = store
+        .load()
+        .context("reading the runtime blocks")?
+        .into_iter()
+        .filter(|b| !b.expired(now))
+        .collect();
+    if args.json {
+        let listed: Vec<Listed> = blocks
+            .iter()
+            .map(|b| Listed {
+                block: b,
+                rule: edgeblock::runtime::rule_name(b.action, b.direction),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&listed)?);
+        return Ok(());
+    }
+    if blocks.is_empty() {
+        println!("no runtime blocks");
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<4} {:<7} {:<21} {:<12} {:<21} REASON",
+        "PREFIX", "DIR", "ACTION", "EXPIRES", "WHO", "ADDED"
+    );
+    for b in &blocks {
+        println!(
+            "{:<24} {:<4} {:<7} {:<21} {:<12} {:<21} {}",
+            b.prefix.to_string(),
+            b.direction.to_string(),
+            b.action.to_string(),
+            b.expires.map_or_else(|| "never".into(), seconds),
+            b.who,
+            seconds(b.added),
+            b.reason
+        );
+    }
+    Ok(())
+}
+
+fn seconds(t: Timestamp) -> String {
+    t.round(jiff::Unit::Second)
+        .map_or_else(|_| t.to_string(), |t| t.to_string())
+}
+
+/// The blocks in the file that have not expired.
+fn current(store: &BlockStore, now: Timestamp) -> anyhow::Result<Vec<RuntimeBlock>> {
+    let mut blocks = store.load().with_context(|| {
+        format!(
+            "reading the runtime blocks; fix or remove the bad line of {}",
+            store.path().display()
+        )
+    })?;
+    blocks.retain(|b| !b.expired(now));
+    Ok(blocks)
+}
+
+/// Apply the last applied policy with `blocks` on top, then record `blocks`. Nothing changes
+/// when the merged policy fails the lockout check. Called under the lock.
+fn relayer(
+    g: &Global,
+    store: &BlockStore,
+    blocks: Vec<RuntimeBlock>,
+    now: Timestamp,
+) -> anyhow::Result<()> {
+    let policy = match snapshot::load(&g.data_dir, now) {
+        Some(Ok(p)) => p,
+        Some(Err(errors)) => bail!(
+            "{errors}\nthe last applied policy no longer validates; apply a policy with \
+             `edgeblock apply` (or start `edgeblock run`) first; nothing was changed"
+        ),
+        None => empty_policy(&g.data_dir),
+    };
+    let prepared = prepare(&policy, &blocks, store.path(), now).context("nothing was changed")?;
+    if !prepared.lockout.is_empty() {
+        for p in &prepared.lockout {
+            eprintln!("{p}");
+        }
+        bail!(
+            "refusing: {} lockout problem(s); runtime blocks get the same protection as policy \
+             rules; nothing was changed",
+            prepared.lockout.len()
+        );
+    }
+    let pins = g.pins();
+    let mut filter = Filter::load_or_open(&pins)
+        .with_context(|| format!("loading edgeblock under {}", pins.root().display()))?;
+    apply(
+        &mut filter.maps,
+        &prepared.compiled,
+        &prepared.targets,
+        unix(now),
+    )
+    .context(
+        "applying failed part-way; nothing was recorded, and the next apply converges to the \
+         recorded state",
+    )?;
+    store.save(&blocks).context(
+        "the maps hold the change but recording it failed, so the next apply will undo it; \
+         check --data-dir",
+    )?;
+    if filter.links()?.is_empty() {
+        println!("note: not attached to any interface yet; run `edgeblock attach IFACE`");
+    }
+    Ok(())
+}
+
+/// What the runtime layer goes on top of before any policy was applied: no rules, defaults.
+fn empty_policy(data_dir: &Path) -> Policy {
+    Policy {
+        path: data_dir.join(snapshot::SNAPSHOT_FILE),
+        malformed: Default::default(),
+        protect: Vec::new(),
+        rules: Vec::new(),
+        notices: Vec::new(),
+        reject_rate: policy::DEFAULT_REJECT_RATE,
+        reject_burst: policy::DEFAULT_REJECT_BURST,
+        notes: Vec::new(),
+    }
+}

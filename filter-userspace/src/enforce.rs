@@ -1,0 +1,89 @@
+//! What every writer of the maps does before it writes: merge the runtime layer onto the
+//! policy, compile, check for lockout and resolve the notice targets, so that `edgeblock
+//! apply`, `block`, `unblock` and the daemon refuse exactly the same things.
+
+use std::{io, path::Path, time::Duration};
+
+use filter_common::NoticeTarget;
+use jiff::Timestamp;
+use thiserror::Error;
+
+use crate::{
+    compile::{Compiled, compile},
+    lockout::{HostAddrs, LockoutError, check},
+    neigh::{NeighError, resolve},
+    policy::Policy,
+    runtime::{RuntimeBlock, RuntimeError, merge},
+};
+
+/// How long to wait for the kernel to resolve a notice target's next hop.
+pub const NEIGH_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Error)]
+pub enum EnforceError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("reading this host's addresses and gateways for the lockout check: {0}")]
+    Host(io::Error),
+    #[error("notice target {name:?}: {source}")]
+    Notice { name: String, source: NeighError },
+}
+
+/// A policy with its runtime layer, compiled and checked against this host, ready for
+/// [`crate::apply::apply`].
+pub struct Prepared {
+    /// The policy file's rules plus the runtime blocks.
+    pub merged: Policy,
+    pub compiled: Compiled,
+    /// `targets[i]` is `compiled.notices[i]`, resolved.
+    pub targets: Vec<NoticeTarget>,
+    /// Ways the merged policy would cut this host off; callers refuse unless forced.
+    pub lockout: Vec<LockoutError>,
+}
+
+/// Merge `blocks` (read from `blocks_file`) onto `policy` at `now`, compile, check for
+/// lockout on this host and resolve the notice targets. Touches no map.
+pub fn prepare(
+    policy: &Policy,
+    blocks: &[RuntimeBlock],
+    blocks_file: &Path,
+    now: Timestamp,
+) -> Result<Prepared, EnforceError> {
+    let merged = merge(policy, blocks, blocks_file, now)?;
+    let compiled = compile(&merged);
+    let host = HostAddrs::discover().map_err(EnforceError::Host)?;
+    let lockout = check(&compiled, &host, &merged.protect);
+    let targets = resolve_targets(&compiled)?;
+    Ok(Prepared {
+        merged,
+        compiled,
+        targets,
+        lockout,
+    })
+}
+
+/// Resolve every notice target the policy uses (interface, MACs) before anything is touched.
+pub fn resolve_targets(compiled: &Compiled) -> Result<Vec<NoticeTarget>, EnforceError> {
+    compiled
+        .notices
+        .iter()
+        .map(|n| {
+            let r = resolve(&n.interface, n.next_hop, NEIGH_WAIT).map_err(|source| {
+                EnforceError::Notice {
+                    name: n.name.clone(),
+                    source,
+                }
+            })?;
+            Ok(NoticeTarget {
+                ifindex: r.ifindex,
+                dst_mac: r.dst_mac,
+                src_mac: r.src_mac,
+            })
+        })
+        .collect()
+}
+
+/// Seconds since the epoch, for `Config::applied_unix`.
+pub fn unix(now: Timestamp) -> u64 {
+    now.as_second().max(0) as u64
+}
