@@ -1,9 +1,11 @@
 //! edgeblock's userspace library: policy parsing and validation (`policy`), compilation to map
 //! contents (`compile`), lockout protection (`lockout`), the pinned program and maps (`pins`,
 //! `loader`, `maps`), applying a policy without a gap (`apply`), the invocation lock (`lock`) and
-//! the reference matcher that the differential tests hold the XDP program to (`reference`).
+//! the reference matcher that the differential tests hold the XDP program to (`reference`), the
+//! hash-chained audit trail (`audit`) and signed policies (`signing`).
 
 pub mod apply;
+pub mod audit;
 pub mod compile;
 pub mod dxr;
 pub mod loader;
@@ -15,6 +17,7 @@ pub mod notice;
 pub mod pins;
 pub mod policy;
 pub mod reference;
+pub mod signing;
 
 /// Where edgeblock keeps what must survive a reboot: runtime blocks, the audit log, the last good
 /// policy. `--data-dir` / `EDGEBLOCK_DATA_DIR` override it.
