@@ -435,7 +435,11 @@ impl Plan {
         }
         fn table<P: LpmPrefix>(d: &TableDiff<P>) -> u64 {
             let blocks = |e: &RuleEntry| e.action != filter_common::action::PASS;
-            let added = d.add.iter().filter(|(_, e)| blocks(e)).map(|(p, _)| size(p));
+            let added = d
+                .add
+                .iter()
+                .filter(|(_, e)| blocks(e))
+                .map(|(p, _)| size(p));
             let changed = d
                 .change
                 .iter()

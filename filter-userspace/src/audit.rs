@@ -208,7 +208,7 @@ pub struct Body<'a> {
 }
 
 /// One record as read back.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub seq: u64,
     pub prev: String,
@@ -225,8 +225,8 @@ struct Tip {
 
 #[derive(Debug, Error)]
 pub enum AuditError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
     #[error(
         "{}: the last line ({line}) is not a whole record (a crash or truncation); run \
          `edgeblock audit verify`, keep the log as evidence and move it aside to start a new one",
@@ -312,7 +312,10 @@ impl Log {
     pub fn open(data_dir: &Path) -> Result<Self, AuditError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| AuditError::Io { path, source }
+            move |source| AuditError::Io {
+                path,
+                error: source,
+            }
         };
         fs::DirBuilder::new()
             .recursive(true)
@@ -382,7 +385,7 @@ impl Log {
         };
         write_tip().map_err(|source| AuditError::Io {
             path: self.tip_path.clone(),
-            source,
+            error: source,
         })?;
         Ok(Record {
             seq,
@@ -403,18 +406,19 @@ impl Log {
                 line: lines,
             });
         }
-        let record = parse_line(&last[..last.len() - 1]).map_err(|problem| AuditError::BadTail {
-            path: self.path.clone(),
-            line: lines,
-            problem,
-        })?;
+        let record =
+            parse_line(&last[..last.len() - 1]).map_err(|problem| AuditError::BadTail {
+                path: self.path.clone(),
+                line: lines,
+                problem,
+            })?;
         Ok(Some((record.seq, record.hash)))
     }
 
     fn io(&self, source: io::Error) -> AuditError {
         AuditError::Io {
             path: self.path.clone(),
-            source,
+            error: source,
         }
     }
 }
@@ -470,7 +474,12 @@ pub fn read(data_dir: &Path) -> Result<Vec<Record>, AuditError> {
     let text = match fs::read(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(AuditError::Io { path, source }),
+        Err(source) => {
+            return Err(AuditError::Io {
+                path,
+                error: source,
+            });
+        }
     };
     Ok(text
         .split(|&b| b == b'\n')
@@ -485,7 +494,12 @@ pub fn verify(data_dir: &Path) -> Result<Report, AuditError> {
     let text = match fs::read(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => return Err(AuditError::Io { path, source }),
+        Err(source) => {
+            return Err(AuditError::Io {
+                path,
+                error: source,
+            });
+        }
     };
     let tip_path = data_dir.join(TIP_FILE);
     let tip: Option<Tip> = match fs::read(&tip_path) {
@@ -498,7 +512,7 @@ pub fn verify(data_dir: &Path) -> Result<Report, AuditError> {
         Err(source) => {
             return Err(AuditError::Io {
                 path: tip_path,
-                source,
+                error: source,
             });
         }
     };
@@ -682,7 +696,10 @@ mod tests {
         assert_eq!(records[0].prev, GENESIS);
         assert_eq!(records[1].prev, records[0].hash);
         assert_eq!(records[4].hash, report.tip);
-        assert_eq!(records[2].entry.rules[0].reference.as_deref(), Some("CASE-2"));
+        assert_eq!(
+            records[2].entry.rules[0].reference.as_deref(),
+            Some("CASE-2")
+        );
         let mode = fs::metadata(d.join(LOG_FILE)).expect("meta");
         assert_eq!(
             std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,

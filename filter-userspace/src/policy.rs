@@ -1346,20 +1346,21 @@ impl Validator<'_> {
             });
         }
 
-        let reference = raw.reference.as_ref().and_then(|value| {
-            match check_reference(value.get_ref()) {
-                Ok(()) => Some(value.get_ref().clone()),
-                Err(problem) => {
-                    self.errors.push(PolicyError::BadReference {
-                        location: self.at(value),
-                        rule: name.clone(),
-                        value: quote_limited(value.get_ref()),
-                        problem,
-                    });
-                    None
-                }
-            }
-        });
+        let reference =
+            raw.reference
+                .as_ref()
+                .and_then(|value| match check_reference(value.get_ref()) {
+                    Ok(()) => Some(value.get_ref().clone()),
+                    Err(problem) => {
+                        self.errors.push(PolicyError::BadReference {
+                            location: self.at(value),
+                            rule: name.clone(),
+                            value: quote_limited(value.get_ref()),
+                            problem,
+                        });
+                        None
+                    }
+                });
         if require_reference
             && raw.reference.is_none()
             && let Some(action) = action
@@ -1934,6 +1935,56 @@ allow_local = true
         assert!(!r.allow_local);
         assert_eq!(r.expires, None);
         assert_eq!(r.prefixes[0].net, net("2001:db8::1/128"));
+    }
+
+    #[test]
+    fn references_reasons_and_signature_counts() {
+        let p = ok(r#"
+require_reference = true
+signatures_required = 2
+
+[[rule]]
+name = "court-order"
+action = "drop"
+prefixes = ["203.0.113.0/24"]
+reference = "CASE-123"
+reason = "court order 2026/17"
+
+[[rule]]
+name = "exception"
+action = "pass"
+prefixes = ["203.0.113.5"]
+"#);
+        assert!(p.require_reference);
+        assert_eq!(p.signatures_required, 2);
+        assert_eq!(p.rules[0].reference.as_deref(), Some("CASE-123"));
+        assert_eq!(p.rules[0].reason.as_deref(), Some("court order 2026/17"));
+        assert_eq!(p.rules[1].reference, None, "a pass rule needs no reference");
+        assert_eq!(ok("").signatures_required, 1);
+    }
+
+    #[test]
+    fn require_reference_is_enforced_with_the_rule_line() {
+        one_error(
+            "require_reference = true\n\n[[rule]]\nname = \"r\"\naction = \"reject\"\nprefixes = [\"192.0.2.0/24\"]\n",
+            &[
+                "policy.toml:4:",
+                "rule \"r\" (reject) has no reference",
+                "require_reference",
+            ],
+        );
+        one_error(
+            "[[rule]]\nname = \"r\"\naction = \"drop\"\nprefixes = [\"192.0.2.0/24\"]\nreference = \"  \"\n",
+            &["policy.toml:5:", "reference \"  \" is empty"],
+        );
+        one_error(
+            "[[rule]]\nname = \"r\"\naction = \"drop\"\nprefixes = [\"192.0.2.0/24\"]\nreference = \"a\\nb\"\n",
+            &["policy.toml:5:", "contains '\\n'"],
+        );
+        one_error(
+            "signatures_required = 0\n",
+            &["policy.toml:1:", "signatures_required = 0 is out of range"],
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt, fs, io,
     io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -54,8 +54,10 @@ const MANIFEST_HEADER: &str = "edgeblock policy manifest v1";
 
 #[derive(Debug, Error)]
 pub enum SignatureError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
+    #[error("{}: cannot read the policy file: {error}", path.display())]
+    ReadPolicy { path: PathBuf, error: io::Error },
     #[error("{}: not UTF-8 text", path.display())]
     NotText { path: PathBuf },
     #[error("{}: not a {kind} key in PEM form: {problem}", path.display())]
@@ -144,10 +146,20 @@ pub fn generate_key(out: &Path) -> Result<String, SignatureError> {
             return Err(SignatureError::KeyExists { path: p.clone() });
         }
     }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|error| SignatureError::Io {
+                path: dir.to_path_buf(),
+                error,
+            })?;
+    }
     let mut seed = [0u8; 32];
     getrandom::getrandom(&mut seed).map_err(|e| SignatureError::Io {
         path: key_path.clone(),
-        source: io::Error::other(e.to_string()),
+        error: io::Error::other(e.to_string()),
     })?;
     let key = SigningKey::from_bytes(&seed);
     let bad = |problem: String| SignatureError::BadKey {
@@ -171,7 +183,7 @@ pub fn generate_key(out: &Path) -> Result<String, SignatureError> {
             .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
             .map_err(|source| SignatureError::Io {
                 path: path.to_path_buf(),
-                source,
+                error: source,
             })
     };
     write(&key_path, &private, 0o600)?;
@@ -220,7 +232,7 @@ pub fn read_public_key(path: &Path) -> Result<VerifyingKey, SignatureError> {
 fn read_text(path: &Path) -> Result<String, SignatureError> {
     let bytes = fs::read(path).map_err(|source| SignatureError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     String::from_utf8(bytes).map_err(|_| SignatureError::NotText {
         path: path.to_path_buf(),
@@ -242,7 +254,10 @@ impl PolicyFiles {
     /// what was signed). A policy that is not valid TOML has no includes here; validation
     /// reports the syntax error.
     pub fn read(path: &Path) -> Result<Self, SignatureError> {
-        let text = read_text(path)?;
+        let text = read_text(path).map_err(|e| match e {
+            SignatureError::Io { path, error } => SignatureError::ReadPolicy { path, error },
+            other => other,
+        })?;
         let base = path.parent().unwrap_or(Path::new(""));
         let includes = include_paths(&text)
             .into_iter()
@@ -344,7 +359,10 @@ pub fn sign(files: &PolicyFiles, key_path: &Path) -> Result<String, SignatureErr
         .mode(0o644)
         .open(&path)
         .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-        .map_err(|source| SignatureError::Io { path, source })?;
+        .map_err(|source| SignatureError::Io {
+            path,
+            error: source,
+        })?;
     Ok(fingerprint(&key.verifying_key()))
 }
 
@@ -354,7 +372,12 @@ pub fn read_signatures(policy: &Path) -> Result<Vec<SignatureLine>, SignatureErr
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(SignatureError::Io { path, source }),
+        Err(source) => {
+            return Err(SignatureError::Io {
+                path,
+                error: source,
+            });
+        }
     };
     parse_signatures(&text, &path)
 }
@@ -417,7 +440,7 @@ impl TrustStore {
             Err(source) => {
                 return Err(SignatureError::Io {
                     path: dir.to_path_buf(),
-                    source,
+                    error: source,
                 });
             }
         };
@@ -426,7 +449,7 @@ impl TrustStore {
             .collect::<Result<_, _>>()
             .map_err(|source| SignatureError::Io {
                 path: dir.to_path_buf(),
-                source,
+                error: source,
             })?;
         paths.sort();
         for path in paths {
@@ -450,7 +473,10 @@ impl TrustStore {
     }
 
     /// A store holding `keys`, named; for tests and tools.
-    pub fn from_keys<'a>(dir: &Path, keys: impl IntoIterator<Item = (&'a str, VerifyingKey)>) -> Self {
+    pub fn from_keys<'a>(
+        dir: &Path,
+        keys: impl IntoIterator<Item = (&'a str, VerifyingKey)>,
+    ) -> Self {
         Self {
             dir: dir.to_path_buf(),
             keys: keys
@@ -481,12 +507,18 @@ impl TrustStore {
         if policy.signatures_required >= host {
             (
                 policy.signatures_required,
-                format!("the policy's signatures_required = {}", policy.signatures_required),
+                format!(
+                    "the policy's signatures_required = {}",
+                    policy.signatures_required
+                ),
             )
         } else {
             (
                 host,
-                format!("{}/{TRUST_FILE}: signatures_required = {host}", self.dir.display()),
+                format!(
+                    "{}/{TRUST_FILE}: signatures_required = {host}",
+                    self.dir.display()
+                ),
             )
         }
     }
@@ -573,7 +605,10 @@ pub fn verify(
         let signer = format!("{name} ({})", fingerprint(&key));
         if key.verify_strict(manifest.as_bytes(), &signature).is_ok() {
             signers.insert(name.to_owned());
-        } else if key.verify_strict(line.manifest.as_bytes(), &signature).is_ok() {
+        } else if key
+            .verify_strict(line.manifest.as_bytes(), &signature)
+            .is_ok()
+        {
             altered.get_or_insert((signer, describe_changes(&line.manifest, &manifest)));
         } else {
             return Err(SignatureError::Forged {
@@ -665,13 +700,24 @@ pub fn load_checked(
 ) -> Result<(Policy, Option<Verified>), LoadError> {
     let files = PolicyFiles::read(path)?;
     let policy = files.parse(now).map_err(LoadError::Invalid)?;
+    let verified = check(&files, &policy, trust)?;
+    Ok((policy, verified))
+}
+
+/// If `trust` holds keys, verify `files` (whose parse is `policy`) against their `.sig`, with
+/// as many signers as the policy and the host require, whichever is higher. `None` when the
+/// host does not check signatures.
+pub fn check(
+    files: &PolicyFiles,
+    policy: &Policy,
+    trust: &TrustStore,
+) -> Result<Option<Verified>, SignatureError> {
     if trust.is_empty() {
-        return Ok((policy, None));
+        return Ok(None);
     }
-    let signatures = read_signatures(path)?;
-    let (required, why) = trust.required(&policy);
-    let verified = verify(&files, &signatures, trust, (required, &why))?;
-    Ok((policy, Some(verified)))
+    let signatures = read_signatures(&files.path)?;
+    let (required, why) = trust.required(policy);
+    verify(files, &signatures, trust, (required, &why)).map(Some)
 }
 
 /// A signed policy in one document: the policy text, its includes and its signatures. Verifies
@@ -789,7 +835,11 @@ include = ["lists/extra.netset"]
         }
 
         fn load(&self) -> Result<(Policy, Option<Verified>), LoadError> {
-            load_checked(&self.policy, "2026-06-01T00:00:00Z".parse().expect("ts"), &self.trust())
+            load_checked(
+                &self.policy,
+                "2026-06-01T00:00:00Z".parse().expect("ts"),
+                &self.trust(),
+            )
         }
 
         fn refused(&self, needles: &[&str]) {
@@ -820,7 +870,11 @@ include = ["lists/extra.netset"]
             std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
             0o600
         );
-        assert!(fs::read_to_string(&key).expect("key").starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(
+            fs::read_to_string(&key)
+                .expect("key")
+                .starts_with("-----BEGIN PRIVATE KEY-----")
+        );
         match generate_key(&f.dir.join("keys/alice")) {
             Err(SignatureError::KeyExists { .. }) => {}
             other => panic!("keygen over an existing key must refuse, got {other:?}"),
@@ -830,7 +884,9 @@ include = ["lists/extra.netset"]
     #[test]
     fn without_trusted_keys_signatures_are_not_checked() {
         let f = Fixture::new("off");
-        let (_, verified) = f.load().expect("an unsigned policy loads when nothing is trusted");
+        let (_, verified) = f
+            .load()
+            .expect("an unsigned policy loads when nothing is trusted");
         assert!(verified.is_none());
     }
 
@@ -840,14 +896,22 @@ include = ["lists/extra.netset"]
         let key = f.key("alice", true);
         f.sign(&key);
         let (policy, verified) = f.load().expect("signed by a trusted key");
-        assert_eq!(verified.expect("verified").signers, vec!["alice".to_owned()]);
+        assert_eq!(
+            verified.expect("verified").signers,
+            vec!["alice".to_owned()]
+        );
         assert_eq!(policy.rules[0].prefixes.len(), 2, "the include was served");
         // The bundle verifies like the files.
         let bundle = Bundle::from_files(&f.policy).expect("bundle");
         let json = serde_json::to_string(&bundle).expect("json");
         let back = Bundle::from_json(&json, Path::new("b.json")).expect("parse bundle");
-        let v = verify(&back.files(Path::new("/elsewhere")), &back.signatures, &f.trust(), (1, "x"))
-            .expect("bundle verifies");
+        let v = verify(
+            &back.files(Path::new("/elsewhere")),
+            &back.signatures,
+            &f.trust(),
+            (1, "x"),
+        )
+        .expect("bundle verifies");
         assert_eq!(v.signers, vec!["alice".to_owned()]);
     }
 
@@ -865,8 +929,15 @@ include = ["lists/extra.netset"]
         f.sign(&_trusted);
         f.load().expect("signed by alice");
         // One prefix changed after signing, in the policy itself ...
-        fs::write(&f.policy, POLICY.replace("203.0.113.0/24", "203.0.114.0/24")).expect("edit");
-        f.refused(&["altered after it was signed by alice", "the policy file changed"]);
+        fs::write(
+            &f.policy,
+            POLICY.replace("203.0.113.0/24", "203.0.114.0/24"),
+        )
+        .expect("edit");
+        f.refused(&[
+            "altered after it was signed by alice",
+            "the policy file changed",
+        ]);
         fs::write(&f.policy, POLICY).expect("restore");
         f.load().expect("restored");
         // ... or in an included list.
@@ -895,13 +966,19 @@ include = ["lists/extra.netset"]
         let alice = f.key("alice", true);
         let bob = f.key("bob", true);
         f.sign(&alice);
-        f.refused(&["needs signatures from 2 distinct trusted keys", "has 1 (alice)"]);
+        f.refused(&[
+            "needs signatures from 2 distinct trusted keys",
+            "has 1 (alice)",
+        ]);
         // The same key twice still counts once.
         f.sign(&alice);
         f.refused(&["has 1 (alice)"]);
         f.sign(&bob);
         let (_, v) = f.load().expect("two distinct keys");
-        assert_eq!(v.expect("verified").signers, vec!["alice".to_owned(), "bob".to_owned()]);
+        assert_eq!(
+            v.expect("verified").signers,
+            vec!["alice".to_owned(), "bob".to_owned()]
+        );
     }
 
     #[test]
@@ -920,10 +997,16 @@ include = ["lists/extra.netset"]
         assert_eq!(n, 2);
         assert!(why.contains("257"), "{why}");
         let (_, v) = f.load().expect("the base requirement is one");
-        let err = v.expect("verified").require(n, &why).expect_err("one is not two");
+        let err = v
+            .expect("verified")
+            .require(n, &why)
+            .expect_err("one is not two");
         assert!(err.to_string().contains("has 1 (alice)"), "{err}");
-        fs::write(f.dir.join("trusted").join(TRUST_FILE), "signatures_required = 2\n")
-            .expect("trust.toml");
+        fs::write(
+            f.dir.join("trusted").join(TRUST_FILE),
+            "signatures_required = 2\n",
+        )
+        .expect("trust.toml");
         f.refused(&["trust.toml: signatures_required = 2"]);
     }
 }

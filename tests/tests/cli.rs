@@ -53,6 +53,8 @@ impl Env {
     fn global_args(&self, c: &mut Command) {
         c.arg("--pin-root").arg(self.bpffs.pin_root());
         c.arg("--state-dir").arg(self.bpffs.state_dir());
+        c.arg("--data-dir").arg(self.bpffs.data_dir());
+        c.arg("--trusted-dir").arg(self.bpffs.trusted_dir());
     }
 
     fn run(&self, args: &[&str]) -> Output {

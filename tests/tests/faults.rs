@@ -76,6 +76,8 @@ impl Env {
         let mut c = self.ns.command(edgeblock_bin());
         c.arg("--pin-root").arg(self.bpffs.pin_root());
         c.arg("--state-dir").arg(self.bpffs.state_dir());
+        c.arg("--data-dir").arg(self.bpffs.data_dir());
+        c.arg("--trusted-dir").arg(self.bpffs.trusted_dir());
         c.args(args);
         c
     }
@@ -739,6 +741,10 @@ fn a_pin_root_off_bpffs_is_explained_and_left_untouched() {
                 .arg(&pin_root)
                 .arg("--state-dir")
                 .arg(env.bpffs.state_dir())
+                .arg("--data-dir")
+                .arg(env.bpffs.data_dir())
+                .arg("--trusted-dir")
+                .arg(env.bpffs.trusted_dir())
                 .args(args)
                 .output()
                 .expect("run edgeblock");
@@ -771,9 +777,9 @@ fn a_missing_bpffs_at_sys_fs_bpf_is_mounted() {
         set -e
         while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf; done
         [ "$(stat -f -c %T /sys/fs/bpf)" != bpf_fs ]
-        "$EB" --pin-root /sys/fs/bpf/edgeblock-faults --state-dir "$STATE" apply "$POLICY"
+        "$EB" --pin-root /sys/fs/bpf/edgeblock-faults --state-dir "$STATE" --data-dir "$STATE/data" --trusted-dir "$STATE/trusted" apply "$POLICY"
         stat -f -c %T /sys/fs/bpf
-        "$EB" --pin-root /sys/fs/bpf/edgeblock-faults --state-dir "$STATE" status
+        "$EB" --pin-root /sys/fs/bpf/edgeblock-faults --state-dir "$STATE" --data-dir "$STATE/data" --trusted-dir "$STATE/trusted" status
     "#;
     let out = env
         .ns

@@ -3,10 +3,13 @@
 
 mod apply;
 mod attach;
+mod audit;
 mod check;
 mod detach;
+mod keygen;
 mod lookup;
 mod notice_server;
+mod sign;
 mod stats;
 mod status;
 
@@ -15,8 +18,10 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use edgeblock::{
+    audit::{Actor, Log},
     lock::{DEFAULT_STATE_DIR, Lock},
     pins::{DEFAULT_PIN_ROOT, Pins},
+    signing::{DEFAULT_TRUSTED_DIR, TrustStore},
 };
 
 /// edgeblock: drop traffic to (and from) blocked prefixes at the NIC driver, with XDP.
@@ -46,6 +51,14 @@ struct Global {
     /// Directory for persistent state: runtime blocks, the audit log, cached policies.
     #[arg(long, env = "EDGEBLOCK_DATA_DIR", default_value = edgeblock::DEFAULT_DATA_DIR, global = true)]
     data_dir: PathBuf,
+    /// Who is making the change, for the audit log (default: $SUDO_USER, else $USER, else the
+    /// uid).
+    #[arg(long, env = "EDGEBLOCK_OPERATOR", global = true)]
+    operator: Option<String>,
+    /// Public keys (*.pub) whose signatures this host accepts, and trust.toml. With no keys
+    /// there, signatures are not checked; with keys, `apply` refuses unsigned policies.
+    #[arg(long, env = "EDGEBLOCK_TRUSTED_DIR", default_value = DEFAULT_TRUSTED_DIR, global = true)]
+    trusted_dir: PathBuf,
 }
 
 impl Global {
@@ -59,6 +72,30 @@ impl Global {
         })
         .context("another edgeblock invocation is changing state")
     }
+
+    fn actor(&self) -> Actor {
+        Actor::current(self.operator.as_deref())
+    }
+
+    /// The audit log, opened before anything changes: a change that could not be recorded is
+    /// not made.
+    fn audit_log(&self) -> anyhow::Result<Log> {
+        Log::open(&self.data_dir).with_context(|| {
+            format!(
+                "opening the audit log under {} (--data-dir); nothing was changed",
+                self.data_dir.display()
+            )
+        })
+    }
+
+    fn trust(&self) -> anyhow::Result<TrustStore> {
+        TrustStore::load(&self.trusted_dir).with_context(|| {
+            format!(
+                "reading the trusted keys in {} (--trusted-dir); nothing was changed",
+                self.trusted_dir.display()
+            )
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +108,9 @@ enum Cmd {
     Stats(stats::Args),
     Lookup(lookup::Args),
     NoticeServer(notice_server::Args),
+    Audit(audit::Args),
+    Keygen(keygen::Args),
+    Sign(sign::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -84,6 +124,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Stats(a) => stats::run(g, a),
         Cmd::Lookup(a) => lookup::run(g, a),
         Cmd::NoticeServer(a) => notice_server::run(a),
+        Cmd::Audit(a) => audit::run(g, a),
+        Cmd::Keygen(a) => keygen::run(a),
+        Cmd::Sign(a) => sign::run(a),
     }
 }
 
@@ -103,7 +146,17 @@ fn now() -> jiff::Timestamp {
 fn load_policy(
     path: &std::path::Path,
 ) -> anyhow::Result<(edgeblock::policy::Policy, edgeblock::compile::Compiled)> {
-    let policy = edgeblock::policy::load(path, now()).map_err(|errors| {
+    let files = edgeblock::signing::PolicyFiles::read(path).context("nothing was changed")?;
+    parse_policy(&files)
+}
+
+/// [`load_policy`] from files already read (so that the bytes validated are the bytes whose
+/// signatures are checked).
+fn parse_policy(
+    files: &edgeblock::signing::PolicyFiles,
+) -> anyhow::Result<(edgeblock::policy::Policy, edgeblock::compile::Compiled)> {
+    let path = &files.path;
+    let policy = files.parse(now()).map_err(|errors| {
         anyhow::anyhow!(
             "{errors}\n{}: {} error(s); nothing was changed",
             path.display(),
