@@ -178,6 +178,21 @@ impl Bpffs {
         &self.trusted_dir
     }
 
+    /// `--pin-root`, `--state-dir`, `--data-dir` and `--trusted-dir` for an `edgeblock` that
+    /// must touch nothing of the host's.
+    pub fn global_args(&self) -> [&std::ffi::OsStr; 8] {
+        [
+            "--pin-root".as_ref(),
+            self.pin_root.as_os_str(),
+            "--state-dir".as_ref(),
+            self.state_dir.as_os_str(),
+            "--data-dir".as_ref(),
+            self.data_dir.as_os_str(),
+            "--trusted-dir".as_ref(),
+            self.trusted_dir.as_os_str(),
+        ]
+    }
+
     /// The temp dir holding them all.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -53,17 +53,9 @@ impl Env {
 
     /// `edgeblock` in the namespace, with every directory private to this test.
     fn run(&self, args: &[&str]) -> Output {
-        let b = &self.bpffs;
         self.ns
             .command(edgeblock_bin())
-            .arg("--pin-root")
-            .arg(b.pin_root())
-            .arg("--state-dir")
-            .arg(b.state_dir())
-            .arg("--data-dir")
-            .arg(b.data_dir())
-            .arg("--trusted-dir")
-            .arg(b.trusted_dir())
+            .args(self.bpffs.global_args())
             .args(["--operator", "alice-operator"])
             .args(args)
             .output()

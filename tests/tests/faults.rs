@@ -74,10 +74,7 @@ impl Env {
     /// execs the program in its own process, so the child's pid is edgeblock's.
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = self.ns.command(edgeblock_bin());
-        c.arg("--pin-root").arg(self.bpffs.pin_root());
-        c.arg("--state-dir").arg(self.bpffs.state_dir());
-        c.arg("--data-dir").arg(self.bpffs.data_dir());
-        c.arg("--trusted-dir").arg(self.bpffs.trusted_dir());
+        c.args(self.bpffs.global_args());
         c.args(args);
         c
     }
