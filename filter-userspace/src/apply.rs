@@ -186,6 +186,35 @@ impl<F: Family> Built<F> {
     }
 }
 
+/// What one rule gains and loses in a plan ([`Plan::prefix_moves`]).
+#[derive(Clone, Debug, Default)]
+pub struct PrefixMoves {
+    /// The action of the rule's entries ("drop", ...).
+    pub action: &'static str,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// A prefix of either family, for counting the addresses a plan blocks.
+trait Prefix {
+    const MAX_LEN: u8;
+    fn len(&self) -> u8;
+}
+
+impl Prefix for Ipv4Net {
+    const MAX_LEN: u8 = 32;
+    fn len(&self) -> u8 {
+        self.prefix_len()
+    }
+}
+
+impl Prefix for Ipv6Net {
+    const MAX_LEN: u8 = 128;
+    fn len(&self) -> u8 {
+        self.prefix_len()
+    }
+}
+
 /// Everything `execute` will write, computed without touching the kernel.
 pub struct Plan {
     /// (id, metadata) for every rule of the new policy.
@@ -377,6 +406,79 @@ impl Plan {
         }
         add!(dst_v4, src_v4, dst_v6, src_v6);
         c
+    }
+
+    /// Per rule name, the prefixes it gains and loses (a prefix moved between rules is lost by
+    /// one and gained by the other), for the audit trail.
+    pub fn prefix_moves(&self) -> BTreeMap<String, PrefixMoves> {
+        fn table<P: fmt::Display>(
+            plan: &Plan,
+            out: &mut BTreeMap<String, PrefixMoves>,
+            d: &TableDiff<P>,
+        ) {
+            fn entry<'a>(
+                plan: &Plan,
+                out: &'a mut BTreeMap<String, PrefixMoves>,
+                e: &RuleEntry,
+            ) -> &'a mut PrefixMoves {
+                out.entry(plan.name(e.rule_id).to_owned())
+                    .or_insert_with(|| PrefixMoves {
+                        action: action_name(e.action),
+                        ..PrefixMoves::default()
+                    })
+            }
+            for (p, e) in &d.add {
+                entry(plan, out, e).added.push(p.to_string());
+            }
+            for (p, old, new) in &d.change {
+                if old.rule_id != new.rule_id {
+                    entry(plan, out, old).removed.push(p.to_string());
+                    entry(plan, out, new).added.push(p.to_string());
+                }
+            }
+            for (p, e) in &d.remove {
+                entry(plan, out, e).removed.push(p.to_string());
+            }
+        }
+        let mut out = BTreeMap::new();
+        table(self, &mut out, &self.dst_v4);
+        table(self, &mut out, &self.src_v4);
+        table(self, &mut out, &self.dst_v6);
+        table(self, &mut out, &self.src_v6);
+        out
+    }
+
+    /// How many addresses this plan starts blocking that were not blocked (drop, reject or
+    /// redirect) before: IPv4 addresses plus IPv6 /64 networks (a longer IPv6 prefix counts as
+    /// one), saturating. For the host's large-change signature threshold.
+    pub fn newly_blocked(&self) -> u64 {
+        fn size<P: Prefix>(p: &P) -> u64 {
+            let unit = if P::MAX_LEN == 128 { 64 } else { P::MAX_LEN };
+            1u64.checked_shl(u32::from(unit.saturating_sub(p.len())))
+                .unwrap_or(u64::MAX)
+        }
+        fn table<P: Prefix>(d: &TableDiff<P>) -> u64 {
+            let blocks = |e: &RuleEntry| e.action != filter_common::action::PASS;
+            let added = d
+                .add
+                .iter()
+                .filter(|(_, e)| blocks(e))
+                .map(|(p, _)| size(p));
+            let changed = d
+                .change
+                .iter()
+                .filter(|(_, o, e)| blocks(e) && !blocks(o))
+                .map(|(p, _, _)| size(p));
+            added.chain(changed).fold(0u64, u64::saturating_add)
+        }
+        [
+            table(&self.dst_v4),
+            table(&self.src_v4),
+            table(&self.dst_v6),
+            table(&self.src_v6),
+        ]
+        .into_iter()
+        .fold(0, u64::saturating_add)
     }
 
     /// Whether applying would change anything the program looks at.

@@ -1,9 +1,11 @@
 //! edgeblock's userspace library: policy parsing and validation (`policy`), compilation to map
 //! contents (`compile`), lockout protection (`lockout`), the pinned program and maps (`pins`,
 //! `loader`, `maps`), applying a policy without a gap (`apply`), the invocation lock (`lock`) and
-//! the reference matcher that the differential tests hold the XDP program to (`reference`).
+//! the reference matcher that the differential tests hold the XDP program to (`reference`), the
+//! hash-chained audit trail (`audit`) and signed policies (`signing`).
 
 pub mod apply;
+pub mod audit;
 pub mod compile;
 pub mod daemon;
 pub mod dxr;
@@ -18,6 +20,7 @@ pub mod pins;
 pub mod policy;
 pub mod reference;
 pub mod runtime;
+pub mod signing;
 pub mod snapshot;
 
 /// Where edgeblock keeps what must survive a reboot: runtime blocks, the audit log, the last good

@@ -264,6 +264,10 @@ pub struct Rule {
     /// Deduplicated, in the order written (inline `prefixes` first, then each include).
     pub prefixes: Vec<PrefixEntry>,
     pub comment: Option<String>,
+    /// The case or ticket that grounds the rule (`reference = "CASE-123"`), for the audit trail.
+    pub reference: Option<String>,
+    /// Why the rule exists, in words, for the audit trail.
+    pub reason: Option<String>,
     pub expires: Option<Timestamp>,
     pub allow_local: bool,
     /// Where and what a `redirect` rule shows; `Some` exactly for `redirect` rules.
@@ -286,6 +290,11 @@ pub struct Policy {
     pub reject_rate: u32,
     /// `reject` token-bucket size per CPU.
     pub reject_burst: u32,
+    /// Every rule that blocks (drop, reject, redirect) must carry a `reference`.
+    pub require_reference: bool,
+    /// Distinct trusted keys that must have signed this policy before a host that checks
+    /// signatures applies it (`signatures_required`, default 1).
+    pub signatures_required: u32,
     pub notes: Vec<Note>,
 }
 
@@ -437,6 +446,22 @@ pub enum UrlProblem {
 }
 
 /// The `[notice.NAME]` tables a policy defines, for "did you mean" lists in errors.
+/// Why a `reference` is not usable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReferenceProblem {
+    #[error("is empty")]
+    Empty,
+    #[error("is {len} characters long; at most {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("contains {ch:?}; a reference is one line of printable text")]
+    BadChar { ch: char },
+}
+
+/// Longest `reference`: a ticket id or two, not an essay (that is what `reason` is for).
+pub const MAX_REFERENCE_LEN: usize = 128;
+/// Most signatures a policy may require.
+pub const MAX_SIGNATURES_REQUIRED: u32 = 16;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KnownNotices(pub Vec<String>);
 
@@ -668,6 +693,30 @@ pub enum PolicyError {
         problem: UrlProblem,
     },
 
+    #[error("{location}: rule \"{rule}\": reference {value:?} {problem}")]
+    BadReference {
+        location: Location,
+        rule: String,
+        value: String,
+        problem: ReferenceProblem,
+    },
+
+    #[error(
+        "{location}: rule \"{rule}\" ({action}) has no reference, and the policy says \
+         require_reference = true; add reference = \"CASE-ID\" naming the case or ticket"
+    )]
+    MissingReference {
+        location: Location,
+        rule: String,
+        action: Action,
+    },
+
+    #[error(
+        "{location}: signatures_required = {value} is out of range; expected 1 to \
+         {MAX_SIGNATURES_REQUIRED}"
+    )]
+    BadSignaturesRequired { location: Location, value: i64 },
+
     #[error("{location}: rule \"{rule}\" is one rule too many; at most {max} rules can be loaded")]
     TooManyRules {
         location: Location,
@@ -792,13 +841,27 @@ pub fn parse(
         DEFAULT_REJECT_BURST,
         REJECT_BURST_RANGE,
     );
+    let signatures_required = match &raw.signatures_required {
+        None => 1,
+        Some(value) => match u32::try_from(*value.get_ref()) {
+            Ok(n) if (1..=MAX_SIGNATURES_REQUIRED).contains(&n) => n,
+            _ => {
+                let location = v.at(value);
+                v.errors.push(PolicyError::BadSignaturesRequired {
+                    location,
+                    value: *value.get_ref(),
+                });
+                1
+            }
+        },
+    };
     let protect = v.protect(&raw.protect);
     let (notices, known) = v.notices(&raw.notice);
     let base = path.parent().unwrap_or(Path::new(""));
     let candidates: Vec<Candidate> = raw
         .rule
         .iter()
-        .map(|r| v.rule(r, now, base, &read_include, &known))
+        .map(|r| v.rule(r, now, base, &read_include, &known, raw.require_reference))
         .collect();
 
     v.check_names(&candidates);
@@ -821,6 +884,8 @@ pub fn parse(
         notices,
         reject_rate,
         reject_burst,
+        require_reference: raw.require_reference,
+        signatures_required,
         notes: v.notes,
     })
 }
@@ -1033,6 +1098,24 @@ pub fn check_notice_url(url: &str) -> Result<(), UrlProblem> {
     Ok(())
 }
 
+/// A reference is shown in the audit log and on terminals: one line of printable text.
+fn check_reference(reference: &str) -> Result<(), ReferenceProblem> {
+    if reference.trim().is_empty() {
+        return Err(ReferenceProblem::Empty);
+    }
+    if let Some(ch) = reference.chars().find(|c| c.is_control()) {
+        return Err(ReferenceProblem::BadChar { ch });
+    }
+    let len = reference.chars().count();
+    if len > MAX_REFERENCE_LEN {
+        return Err(ReferenceProblem::TooLong {
+            len,
+            max: MAX_REFERENCE_LEN,
+        });
+    }
+    Ok(())
+}
+
 fn check_name(name: &str) -> Result<(), NameProblem> {
     if name.is_empty() {
         return Err(NameProblem::Empty);
@@ -1063,6 +1146,9 @@ struct RawPolicy {
     protect: Vec<Spanned<String>>,
     reject_rate: Option<Spanned<i64>>,
     reject_burst: Option<Spanned<i64>>,
+    #[serde(default)]
+    require_reference: bool,
+    signatures_required: Option<Spanned<i64>>,
     // Spanned keys: the map is sorted by name, the spans give back the file order and lines.
     #[serde(default)]
     notice: BTreeMap<Spanned<String>, RawNotice>,
@@ -1088,6 +1174,8 @@ struct RawRule {
     #[serde(default)]
     include: Vec<Spanned<String>>,
     comment: Option<String>,
+    reference: Option<Spanned<String>>,
+    reason: Option<String>,
     // A `Value` so both `"2026-12-31T00:00:00Z"` and the bare TOML datetime are accepted.
     expires: Option<Spanned<toml::Value>>,
     #[serde(default)]
@@ -1107,6 +1195,8 @@ struct Candidate {
     action: Option<Action>,
     prefixes: Vec<PrefixEntry>,
     comment: Option<String>,
+    reference: Option<String>,
+    reason: Option<String>,
     expires: Option<Timestamp>,
     expired: bool,
     allow_local: bool,
@@ -1127,6 +1217,8 @@ impl Candidate {
             action,
             prefixes: self.prefixes,
             comment: self.comment,
+            reference: self.reference,
+            reason: self.reason,
             expires: self.expires,
             allow_local: self.allow_local,
             notice: self.notice,
@@ -1199,6 +1291,7 @@ impl Validator<'_> {
         base: &Path,
         read_include: &impl Fn(&Path) -> io::Result<String>,
         known: &KnownNotices,
+        require_reference: bool,
     ) -> Candidate {
         let name = raw.name.get_ref().clone();
         let location = self.at(&raw.name);
@@ -1250,6 +1343,33 @@ impl Validator<'_> {
             self.errors.push(PolicyError::RedirectFromSource {
                 location: self.at(value),
                 rule: name.clone(),
+            });
+        }
+
+        let reference =
+            raw.reference
+                .as_ref()
+                .and_then(|value| match check_reference(value.get_ref()) {
+                    Ok(()) => Some(value.get_ref().clone()),
+                    Err(problem) => {
+                        self.errors.push(PolicyError::BadReference {
+                            location: self.at(value),
+                            rule: name.clone(),
+                            value: quote_limited(value.get_ref()),
+                            problem,
+                        });
+                        None
+                    }
+                });
+        if require_reference
+            && raw.reference.is_none()
+            && let Some(action) = action
+            && action != Action::Pass
+        {
+            self.errors.push(PolicyError::MissingReference {
+                location: location.clone(),
+                rule: name.clone(),
+                action,
             });
         }
 
@@ -1377,6 +1497,8 @@ impl Validator<'_> {
             action,
             prefixes,
             comment: raw.comment.clone(),
+            reference,
+            reason: raw.reason.clone(),
             expires: expires.map(|(t, _)| t),
             expired,
             allow_local: raw.allow_local,
@@ -1813,6 +1935,56 @@ allow_local = true
         assert!(!r.allow_local);
         assert_eq!(r.expires, None);
         assert_eq!(r.prefixes[0].net, net("2001:db8::1/128"));
+    }
+
+    #[test]
+    fn references_reasons_and_signature_counts() {
+        let p = ok(r#"
+require_reference = true
+signatures_required = 2
+
+[[rule]]
+name = "court-order"
+action = "drop"
+prefixes = ["203.0.113.0/24"]
+reference = "CASE-123"
+reason = "court order 2026/17"
+
+[[rule]]
+name = "exception"
+action = "pass"
+prefixes = ["203.0.113.5"]
+"#);
+        assert!(p.require_reference);
+        assert_eq!(p.signatures_required, 2);
+        assert_eq!(p.rules[0].reference.as_deref(), Some("CASE-123"));
+        assert_eq!(p.rules[0].reason.as_deref(), Some("court order 2026/17"));
+        assert_eq!(p.rules[1].reference, None, "a pass rule needs no reference");
+        assert_eq!(ok("").signatures_required, 1);
+    }
+
+    #[test]
+    fn require_reference_is_enforced_with_the_rule_line() {
+        one_error(
+            "require_reference = true\n\n[[rule]]\nname = \"r\"\naction = \"reject\"\nprefixes = [\"192.0.2.0/24\"]\n",
+            &[
+                "policy.toml:4:",
+                "rule \"r\" (reject) has no reference",
+                "require_reference",
+            ],
+        );
+        one_error(
+            "[[rule]]\nname = \"r\"\naction = \"drop\"\nprefixes = [\"192.0.2.0/24\"]\nreference = \"  \"\n",
+            &["policy.toml:5:", "reference \"  \" is empty"],
+        );
+        one_error(
+            "[[rule]]\nname = \"r\"\naction = \"drop\"\nprefixes = [\"192.0.2.0/24\"]\nreference = \"a\\nb\"\n",
+            &["policy.toml:5:", "contains '\\n'"],
+        );
+        one_error(
+            "signatures_required = 0\n",
+            &["policy.toml:1:", "signatures_required = 0 is out of range"],
+        );
     }
 
     #[test]

@@ -279,6 +279,9 @@ pub fn merge(
             location: prefixes[0].location.clone(),
             prefixes,
             comment: Some("runtime blocks (edgeblock block)".into()),
+            // Each block carries its own reason; `edgeblock list` and the audit log show them.
+            reference: None,
+            reason: None,
             expires: None,
             allow_local: false,
             notice: None,
@@ -313,15 +316,6 @@ pub fn next_expiry(policy: &Policy, blocks: &[RuntimeBlock], now: Timestamp) -> 
         .chain(blocks.iter().filter_map(|b| b.expires))
         .filter(|&e| e > now)
         .min()
-}
-
-/// Who is making a change: `--operator`, else the user behind sudo, else the user.
-pub fn operator(explicit: Option<&str>) -> String {
-    explicit
-        .map(str::to_owned)
-        .or_else(|| std::env::var("SUDO_USER").ok().filter(|s| !s.is_empty()))
-        .or_else(|| std::env::var("USER").ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
 }
 
 #[cfg(test)]

@@ -96,7 +96,8 @@ pub fn edgeblock_bin() -> PathBuf {
     }
 }
 
-/// A temp dir holding a private bpffs (`pin_root()`) and a state dir (`state_dir()`).
+/// A temp dir holding a private bpffs (`pin_root()`), a state dir (`state_dir()`), a data dir
+/// (`data_dir()`) and a trusted-keys dir (`trusted_dir()`).
 ///
 /// `edgeblock` run inside a namespace cannot see /sys/fs/bpf (`ip netns exec` mounts a fresh
 /// /sys), so tests and the demo hand it this pin root instead; it also keeps their pins apart
@@ -106,6 +107,8 @@ pub struct Bpffs {
     dir: PathBuf,
     pin_root: PathBuf,
     state_dir: PathBuf,
+    data_dir: PathBuf,
+    trusted_dir: PathBuf,
 }
 
 impl Bpffs {
@@ -124,9 +127,16 @@ impl Bpffs {
         let guard = Bpffs {
             pin_root: dir.join("bpffs"),
             state_dir: dir.join("state"),
+            data_dir: dir.join("data"),
+            trusted_dir: dir.join("trusted"),
             dir,
         };
-        for sub in [&guard.pin_root, &guard.state_dir] {
+        for sub in [
+            &guard.pin_root,
+            &guard.state_dir,
+            &guard.data_dir,
+            &guard.trusted_dir,
+        ] {
             std::fs::create_dir(sub)
                 .unwrap_or_else(|e| panic!("cannot create {}: {e}", sub.display()));
         }
@@ -156,13 +166,34 @@ impl Bpffs {
         &self.state_dir
     }
 
-    /// Where edgeblock keeps persistent state (runtime blocks, the applied policy): pass it
-    /// as `edgeblock --data-dir`, so tests never touch the host's /var/lib/edgeblock.
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.join("data")
+    /// A private data dir (the audit log): pass it as `edgeblock --data-dir`, so that tests
+    /// never write to the host's /var/lib/edgeblock.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
-    /// The temp dir holding both.
+    /// An empty trusted-keys dir: pass it as `edgeblock --trusted-dir`, so that keys trusted by
+    /// the host do not change what the tests see.
+    pub fn trusted_dir(&self) -> &Path {
+        &self.trusted_dir
+    }
+
+    /// `--pin-root`, `--state-dir`, `--data-dir` and `--trusted-dir` for an `edgeblock` that
+    /// must touch nothing of the host's.
+    pub fn global_args(&self) -> [&std::ffi::OsStr; 8] {
+        [
+            "--pin-root".as_ref(),
+            self.pin_root.as_os_str(),
+            "--state-dir".as_ref(),
+            self.state_dir.as_os_str(),
+            "--data-dir".as_ref(),
+            self.data_dir.as_os_str(),
+            "--trusted-dir".as_ref(),
+            self.trusted_dir.as_os_str(),
+        ]
+    }
+
+    /// The temp dir holding them all.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -657,6 +657,8 @@ pub fn accept_xdp_frames(ns: &Netns, iface: &str, bpffs: &crate::Bpffs) {
         .arg(bpffs.state_dir())
         .arg("--data-dir")
         .arg(bpffs.data_dir())
+        .arg("--trusted-dir")
+        .arg(bpffs.trusted_dir())
         .args(["attach", iface])
         .output()
         .unwrap_or_else(|e| panic!("cannot run edgeblock: {e}"));

@@ -51,11 +51,7 @@ impl Env {
     }
 
     fn global_args(&self, c: &mut Command) {
-        c.arg("--pin-root").arg(self.bpffs.pin_root());
-        c.arg("--state-dir")
-            .arg(self.bpffs.state_dir())
-            .arg("--data-dir")
-            .arg(self.bpffs.data_dir());
+        c.args(self.bpffs.global_args());
     }
 
     fn run(&self, args: &[&str]) -> Output {

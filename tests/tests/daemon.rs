@@ -54,15 +54,9 @@ impl Env {
         }
     }
 
-    fn data_dir(&self) -> PathBuf {
-        self.bpffs.data_dir()
-    }
-
     fn command(&self) -> Command {
         let mut c = self.topo.edge.command(edgeblock_bin());
-        c.arg("--pin-root").arg(self.bpffs.pin_root());
-        c.arg("--state-dir").arg(self.bpffs.state_dir());
-        c.arg("--data-dir").arg(self.data_dir());
+        c.args(self.bpffs.global_args());
         c
     }
 

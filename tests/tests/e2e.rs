@@ -31,11 +31,7 @@ struct Edge<'a> {
 impl Edge<'_> {
     fn run(&self, args: &[&str]) -> Output {
         let mut c: Command = self.topo.edge.command(edgeblock_bin());
-        c.arg("--pin-root").arg(self.bpffs.pin_root());
-        c.arg("--state-dir")
-            .arg(self.bpffs.state_dir())
-            .arg("--data-dir")
-            .arg(self.bpffs.data_dir());
+        c.args(self.bpffs.global_args());
         c.args(args)
             .output()
             .expect("run edgeblock in the edge namespace")

@@ -75,11 +75,7 @@ impl Env {
     /// execs the program in its own process, so the child's pid is edgeblock's.
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = self.ns.command(edgeblock_bin());
-        c.arg("--pin-root").arg(self.bpffs.pin_root());
-        c.arg("--state-dir")
-            .arg(self.bpffs.state_dir())
-            .arg("--data-dir")
-            .arg(self.bpffs.data_dir());
+        c.args(self.bpffs.global_args());
         c.args(args);
         c
     }
@@ -742,6 +738,8 @@ fn a_pin_root_off_bpffs_is_explained_and_left_untouched() {
                 .arg(env.bpffs.state_dir())
                 .arg("--data-dir")
                 .arg(env.bpffs.data_dir())
+                .arg("--trusted-dir")
+                .arg(env.bpffs.trusted_dir())
                 .args(args)
                 .output()
                 .expect("run edgeblock");
@@ -774,9 +772,9 @@ fn a_missing_bpffs_at_sys_fs_bpf_is_mounted() {
         set -e
         while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf; done
         [ "$(stat -f -c %T /sys/fs/bpf)" != bpf_fs ]
-        "$EB" --pin-root /sys/fs/bpf/edgeblock-faults --state-dir "$STATE" --data-dir "$DATA" apply "$POLICY"
+        "$EB" --pin-root /sys/fs/bpf/edgeblock-faults --state-dir "$STATE" --data-dir "$STATE/data" --trusted-dir "$STATE/trusted" apply "$POLICY"
         stat -f -c %T /sys/fs/bpf
-        "$EB" --pin-root /sys/fs/bpf/edgeblock-faults --state-dir "$STATE" --data-dir "$DATA" status
+        "$EB" --pin-root /sys/fs/bpf/edgeblock-faults --state-dir "$STATE" --data-dir "$STATE/data" --trusted-dir "$STATE/trusted" status
     "#;
     let out = env
         .ns
@@ -784,7 +782,6 @@ fn a_missing_bpffs_at_sys_fs_bpf_is_mounted() {
         .args(["--mount", "--propagation", "private", "sh", "-c", script])
         .env("EB", edgeblock_bin())
         .env("STATE", env.bpffs.state_dir())
-        .env("DATA", env.bpffs.data_dir())
         .env("POLICY", &policy)
         .output()
         .expect("run unshare (util-linux)");

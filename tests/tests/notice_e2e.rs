@@ -119,6 +119,8 @@ prefixes = ["{ORIGIN_EXCEPTION_V4}"]
             .arg(bpffs.state_dir())
             .arg("--data-dir")
             .arg(bpffs.data_dir())
+            .arg("--trusted-dir")
+            .arg(bpffs.trusted_dir())
             .args(args)
             .output()
             .expect("run edgeblock in the edge namespace");

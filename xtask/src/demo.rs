@@ -252,6 +252,8 @@ impl Edgeblock<'_> {
             .arg(self.bpffs.state_dir())
             .arg("--data-dir")
             .arg(self.bpffs.data_dir())
+            .arg("--trusted-dir")
+            .arg(self.bpffs.trusted_dir())
             .args(args)
             .stdin(Stdio::null());
         // Shown without the `ip netns exec` prefix and the binary's path, explained once above.

@@ -1,5 +1,9 @@
 use anyhow::Context as _;
-use edgeblock::loader::{AttachMode, Attached, Filter};
+use edgeblock::{
+    audit::{Action, Entry},
+    compile::hash_hex,
+    loader::{AttachMode, Attached, Filter},
+};
 
 use super::Global;
 
@@ -15,6 +19,7 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
+    let mut log = g.audit_log()?;
     let _lock = g.lock()?;
     let pins = g.pins();
     let mut filter = Filter::load_or_open(&pins)
@@ -27,6 +32,19 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
                 mode.as_str(),
                 filter.program_id()?
             );
+            let config = filter.maps.config()?;
+            let hash = (config.generation > 0).then(|| hash_hex(&config.policy_hash));
+            let mut e = Entry::new(&g.actor(), Action::Attach);
+            e.interface = Some(args.iface.clone());
+            e.policy_hash_before = hash.clone();
+            e.policy_hash_after = hash;
+            e.detail = Some(format!("{} mode", mode.as_str()));
+            log.append(e).with_context(|| {
+                format!(
+                    "attached to {}, but recording it in the audit log failed",
+                    args.iface
+                )
+            })?;
         }
         Attached::Already(mode) => {
             println!(

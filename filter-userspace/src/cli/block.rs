@@ -13,7 +13,7 @@ use edgeblock::{
     enforce::{prepare, unix},
     loader::Filter,
     policy::{self, Policy},
-    runtime::{BlockAction, BlockDirection, BlockStore, RuntimeBlock, operator},
+    runtime::{BlockAction, BlockDirection, BlockStore, RuntimeBlock},
     snapshot,
 };
 use ipnet::IpNet;
@@ -39,12 +39,10 @@ pub struct BlockArgs {
     /// Match the packet's destination (dst) or source (src) address.
     #[arg(long, value_enum, default_value_t = BlockDirection::Dst)]
     direction: BlockDirection,
-    /// Why: shown by `edgeblock list` and in the logs (a ticket, an incident).
+    /// Why: shown by `edgeblock list` and in the logs (a ticket, an incident). Who is blocking
+    /// is the global --operator (default: $SUDO_USER, else $USER).
     #[arg(long)]
     reason: String,
-    /// Who is blocking (default: $SUDO_USER, else $USER).
-    #[arg(long)]
-    operator: Option<String>,
 }
 
 /// Remove a runtime block (prefixes of the policy file are changed in the file).
@@ -55,9 +53,6 @@ pub struct UnblockArgs {
     /// Only the block on this direction (default: both).
     #[arg(long, value_enum)]
     direction: Option<BlockDirection>,
-    /// Who is unblocking (default: $SUDO_USER, else $USER).
-    #[arg(long)]
-    operator: Option<String>,
 }
 
 /// The runtime blocks in force: prefix, direction, action, expiry, who, when and why.
@@ -92,7 +87,7 @@ pub fn block(g: &Global, args: BlockArgs) -> anyhow::Result<()> {
         direction: args.direction,
         action: args.action,
         reason: args.reason,
-        who: operator(args.operator.as_deref()),
+        who: g.actor().operator,
         added: now,
         expires,
     };
@@ -146,7 +141,7 @@ pub fn unblock(g: &Global, args: UnblockArgs) -> anyhow::Result<()> {
     println!(
         "unblocked: {} ({removed} block(s), by {})",
         args.prefix,
-        operator(args.operator.as_deref())
+        g.actor().operator
     );
     Ok(())
 }
@@ -278,6 +273,8 @@ fn empty_policy(data_dir: &Path) -> Policy {
         notices: Vec::new(),
         reject_rate: policy::DEFAULT_REJECT_RATE,
         reject_burst: policy::DEFAULT_REJECT_BURST,
+        require_reference: false,
+        signatures_required: 0,
         notes: Vec::new(),
     }
 }

@@ -1,5 +1,9 @@
-use anyhow::bail;
-use edgeblock::loader::{Filter, purge};
+use anyhow::{Context as _, bail};
+use edgeblock::{
+    audit::{Action, Entry},
+    compile::hash_hex,
+    loader::{Filter, purge},
+};
 
 use super::Global;
 
@@ -18,17 +22,49 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
+    let mut log = g.audit_log()?;
     let _lock = g.lock()?;
     let pins = g.pins();
+    let record = |log: &mut edgeblock::audit::Log,
+                  iface: Option<&str>,
+                  before: Option<String>,
+                  after: Option<String>,
+                  detail: String| {
+        let mut e = Entry::new(&g.actor(), Action::Detach);
+        e.interface = iface.map(str::to_owned);
+        e.policy_hash_before = before;
+        e.policy_hash_after = after;
+        e.detail = Some(detail);
+        log.append(e)
+            .context("detached, but recording it in the audit log failed")
+    };
+    let live_hash = |filter: &Filter| -> anyhow::Result<Option<String>> {
+        let config = filter.maps.config()?;
+        Ok((config.generation > 0).then(|| hash_hex(&config.policy_hash)))
+    };
     if args.purge {
+        let before = match pins.exists() {
+            true => Filter::open(&pins)
+                .ok()
+                .and_then(|f| live_hash(&f).ok().flatten()),
+            false => None,
+        };
         purge(&pins)?;
         println!(
             "detached everywhere and removed the program and maps under {}",
             pins.root().display()
         );
+        record(
+            &mut log,
+            None,
+            before,
+            None,
+            "purge: detached everywhere, program and maps removed".into(),
+        )?;
         return Ok(());
     }
     let mut filter = Filter::open(&pins)?;
+    let hash = live_hash(&filter)?;
     let ifaces: Vec<String> = match args.iface {
         Some(i) => vec![i],
         None => filter.links()?.into_iter().map(|l| l.iface).collect(),
@@ -39,6 +75,13 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     for iface in ifaces {
         let mode = filter.detach(&iface)?;
         println!("detached from {iface} ({} mode)", mode.as_str());
+        record(
+            &mut log,
+            Some(&iface),
+            hash.clone(),
+            hash.clone(),
+            format!("{} mode", mode.as_str()),
+        )?;
     }
     Ok(())
 }

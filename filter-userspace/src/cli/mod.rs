@@ -3,12 +3,15 @@
 
 mod apply;
 mod attach;
+mod audit;
 mod block;
 mod check;
 mod detach;
+mod keygen;
 mod lookup;
 mod notice_server;
 mod run;
+mod sign;
 mod stats;
 mod status;
 
@@ -17,8 +20,10 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use edgeblock::{
+    audit::{Actor, Log},
     lock::{DEFAULT_STATE_DIR, Lock},
     pins::{DEFAULT_PIN_ROOT, Pins},
+    signing::{DEFAULT_TRUSTED_DIR, TrustStore},
 };
 
 /// edgeblock: drop traffic to (and from) blocked prefixes at the NIC driver, with XDP.
@@ -48,6 +53,14 @@ struct Global {
     /// Directory for persistent state: runtime blocks, the audit log, cached policies.
     #[arg(long, env = "EDGEBLOCK_DATA_DIR", default_value = edgeblock::DEFAULT_DATA_DIR, global = true)]
     data_dir: PathBuf,
+    /// Who is making the change, for the audit log (default: $SUDO_USER, else $USER, else the
+    /// uid).
+    #[arg(long, env = "EDGEBLOCK_OPERATOR", global = true)]
+    operator: Option<String>,
+    /// Public keys (*.pub) whose signatures this host accepts, and trust.toml. With no keys
+    /// there, signatures are not checked; with keys, `apply` refuses unsigned policies.
+    #[arg(long, env = "EDGEBLOCK_TRUSTED_DIR", default_value = DEFAULT_TRUSTED_DIR, global = true)]
+    trusted_dir: PathBuf,
 }
 
 impl Global {
@@ -60,6 +73,30 @@ impl Global {
             eprintln!("waiting for another edgeblock ({holder}) to finish...");
         })
         .context("another edgeblock invocation is changing state")
+    }
+
+    fn actor(&self) -> Actor {
+        Actor::current(self.operator.as_deref())
+    }
+
+    /// The audit log, opened before anything changes: a change that could not be recorded is
+    /// not made.
+    fn audit_log(&self) -> anyhow::Result<Log> {
+        Log::open(&self.data_dir).with_context(|| {
+            format!(
+                "opening the audit log under {} (--data-dir); nothing was changed",
+                self.data_dir.display()
+            )
+        })
+    }
+
+    fn trust(&self) -> anyhow::Result<TrustStore> {
+        TrustStore::load(&self.trusted_dir).with_context(|| {
+            format!(
+                "reading the trusted keys in {} (--trusted-dir); nothing was changed",
+                self.trusted_dir.display()
+            )
+        })
     }
 }
 
@@ -77,6 +114,9 @@ enum Cmd {
     Block(block::BlockArgs),
     Unblock(block::UnblockArgs),
     List(block::ListArgs),
+    Audit(audit::Args),
+    Keygen(keygen::Args),
+    Sign(sign::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -94,6 +134,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Block(a) => block::block(g, a),
         Cmd::Unblock(a) => block::unblock(g, a),
         Cmd::List(a) => block::list(g, a),
+        Cmd::Audit(a) => audit::run(g, a),
+        Cmd::Keygen(a) => keygen::run(a),
+        Cmd::Sign(a) => sign::run(a),
     }
 }
 
@@ -113,14 +156,17 @@ fn now() -> jiff::Timestamp {
 fn load_policy(
     path: &std::path::Path,
 ) -> anyhow::Result<(edgeblock::policy::Policy, edgeblock::compile::Compiled)> {
-    let policy = read_policy(path)?;
-    let compiled = edgeblock::compile::compile(&policy);
-    Ok((policy, compiled))
+    let files = edgeblock::signing::PolicyFiles::read(path).context("nothing was changed")?;
+    parse_policy(&files)
 }
 
-/// Load and validate a policy file, printing its notes.
-fn read_policy(path: &std::path::Path) -> anyhow::Result<edgeblock::policy::Policy> {
-    let policy = edgeblock::policy::load(path, now()).map_err(|errors| {
+/// [`load_policy`] from files already read (so that the bytes validated are the bytes whose
+/// signatures are checked).
+fn parse_policy(
+    files: &edgeblock::signing::PolicyFiles,
+) -> anyhow::Result<(edgeblock::policy::Policy, edgeblock::compile::Compiled)> {
+    let path = &files.path;
+    let policy = files.parse(now()).map_err(|errors| {
         anyhow::anyhow!(
             "{errors}\n{}: {} error(s); nothing was changed",
             path.display(),
@@ -130,7 +176,8 @@ fn read_policy(path: &std::path::Path) -> anyhow::Result<edgeblock::policy::Poli
     for note in &policy.notes {
         eprintln!("note: {note}");
     }
-    Ok(policy)
+    let compiled = edgeblock::compile::compile(&policy);
+    Ok((policy, compiled))
 }
 
 /// Lockout problems of a compiled policy on this host.
