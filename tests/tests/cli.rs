@@ -395,3 +395,36 @@ fn a_policy_larger_than_the_tables_is_refused_and_changes_nothing() {
         "a policy that does not fit changes nothing"
     );
 }
+
+#[test]
+fn an_unsafe_state_dir_or_a_planted_lock_symlink_is_refused() {
+    let env = Env::new();
+    let good = env.file("good.toml", GOOD);
+    let victim = env.file("victim", "precious\n");
+
+    // A state directory owned by someone else (nobody could plant a symlink in it).
+    let foreign = env.dir.join("foreign-state");
+    std::fs::create_dir_all(&foreign).expect("state dir");
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).expect("chown");
+    let out = Command::new(edgeblock_bin())
+        .arg("--pin-root")
+        .arg(env.bpffs.pin_root())
+        .arg("--state-dir")
+        .arg(&foreign)
+        .args(["apply", path(&good)])
+        .output()
+        .expect("run edgeblock");
+    assert!(!out.status.success(), "must refuse: {}", text(&out));
+    assert!(text(&out).contains("owned by uid 65534"), "{}", text(&out));
+
+    // `lock` planted as a symlink to another file.
+    std::os::unix::fs::symlink(&victim, env.bpffs.state_dir().join("lock")).expect("symlink");
+    env.fails(&["apply", path(&good)], &["lock", "is a symbolic link"]);
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious\n",
+        "the symlink's target must be left alone"
+    );
+    std::fs::remove_file(env.bpffs.state_dir().join("lock")).expect("remove the symlink");
+    env.ok(&["apply", path(&good)]);
+}
