@@ -1,11 +1,13 @@
 //! edgeblock's userspace library: policy parsing and validation (`policy`), compilation to map
 //! contents (`compile`), lockout protection (`lockout`), the pinned program and maps (`pins`,
-//! `loader`, `maps`), applying a policy without a gap (`apply`), the invocation lock (`lock`) and
+//! `loader`, `maps`), applying a policy without a gap (`apply`), the invocation lock (`lock`), escaping
+//! what files and arguments put into messages (`escape`) and
 //! the reference matcher that the differential tests hold the XDP program to (`reference`).
 
 pub mod apply;
 pub mod compile;
 pub mod dxr;
+pub mod escape;
 pub mod loader;
 pub mod lock;
 pub mod lockout;
