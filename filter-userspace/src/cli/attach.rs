@@ -28,6 +28,15 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
                 filter.program_id()?
             );
         }
+        Attached::Replaced { mode, old } => {
+            println!(
+                "{} ran program id {old}, not the pinned one; switched it to program id {} in \
+                 {} mode, without a gap",
+                args.iface,
+                filter.program_id()?,
+                mode.as_str()
+            );
+        }
         Attached::Already(mode) => {
             println!(
                 "already attached to {} in {} mode; nothing changed",
