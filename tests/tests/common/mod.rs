@@ -189,8 +189,13 @@ impl Harness {
 
     /// The verdict and the counters one frame moved.
     pub fn run(&self, frame: &[u8]) -> Effect {
+        self.run_with_output(frame).0
+    }
+
+    /// The verdict, the counters one frame moved, and the frame as the program left it.
+    pub fn run_with_output(&self, frame: &[u8]) -> (Effect, Vec<u8>) {
         let before = self.counters();
-        let verdict = self.verdict(frame);
+        let (verdict, out) = self.run_out(frame);
         let moved = self
             .counters()
             .into_iter()
@@ -199,6 +204,6 @@ impl Harness {
                 ((p1, b1) != (p0, b0)).then(|| (name, (p1.wrapping_sub(p0), b1.wrapping_sub(b0))))
             })
             .collect();
-        Effect { verdict, moved }
+        (Effect { verdict, moved }, out)
     }
 }
