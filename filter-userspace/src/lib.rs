@@ -1,7 +1,8 @@
 //! edgeblock's userspace library: policy parsing and validation (`policy`), compilation to map
 //! contents (`compile`), lockout protection (`lockout`), the pinned program and maps (`pins`,
 //! `loader`, `maps`), applying a policy without a gap (`apply`), the invocation lock (`lock`), escaping
-//! what files and arguments put into messages (`escape`) and
+//! what files and arguments put into messages (`escape`), which capabilities are missing when
+//! BPF work fails (`privileges`) and
 //! the reference matcher that the differential tests hold the XDP program to (`reference`).
 
 pub mod apply;
@@ -16,6 +17,7 @@ pub mod neigh;
 pub mod notice;
 pub mod pins;
 pub mod policy;
+pub mod privileges;
 pub mod reference;
 
 /// Where edgeblock keeps what must survive a reboot: runtime blocks, the audit log, the last good

@@ -23,7 +23,8 @@ pub const DEFAULT_STATE_DIR: &str = "/run/edgeblock";
 
 #[derive(Debug, Error)]
 pub enum LockError {
-    #[error("{}: {source}", path.display())]
+    // The cause is the error's source, which callers print after it.
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error(
         "another edgeblock ({holder}) has held {} for more than {waited:?}; try again when it finishes",

@@ -428,3 +428,96 @@ fn an_unsafe_state_dir_or_a_planted_lock_symlink_is_refused() {
     std::fs::remove_file(env.bpffs.state_dir().join("lock")).expect("remove the symlink");
     env.ok(&["apply", path(&good)]);
 }
+
+/// `edgeblock ARGS` as nobody (uid 65534, no capabilities), with the test's pin root.
+fn unprivileged(env: &Env, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(edgeblock_bin())
+        .arg("--pin-root")
+        .arg(env.bpffs.pin_root())
+        .arg("--state-dir")
+        .arg(env.bpffs.state_dir())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running setpriv (util-linux): {e}"))
+}
+
+#[test]
+fn unprivileged_runs_check_and_are_told_what_the_rest_needs() {
+    let env = Env::new();
+    // Readable by nobody, outside the private bpffs dir.
+    let dir = std::env::temp_dir().join(format!("edgeblock-unpriv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("policy dir");
+    let good = dir.join("good.toml");
+    std::fs::write(&good, GOOD).expect("policy");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    env.ok(&["apply", path(&good)]);
+    let before = env.snapshot();
+
+    for args in [
+        &["check", "--offline", path(&good)][..],
+        &["check", path(&good)],
+    ] {
+        let out = unprivileged(&env, args);
+        assert!(
+            out.status.success(),
+            "{args:?} needs no privileges: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains("OK"), "{}", text(&out));
+    }
+    let read = [
+        &["status"][..],
+        &["stats"],
+        &["lookup", "203.0.113.9"],
+        &["apply", "--dry-run", path(&good)],
+    ];
+    for args in read {
+        let out = unprivileged(&env, args);
+        assert!(!out.status.success(), "{args:?} must fail unprivileged");
+        for needle in [
+            "needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN",
+            "this process (uid 65534) lacks CAP_BPF, CAP_NET_ADMIN",
+        ] {
+            assert!(
+                text(&out).contains(needle),
+                "{args:?}: lacks {needle:?}: {}",
+                text(&out)
+            );
+        }
+    }
+    for args in [
+        &["apply", path(&good)][..],
+        &["attach", "lo"],
+        &["detach", "--all"],
+    ] {
+        let out = unprivileged(&env, args);
+        assert!(!out.status.success(), "{args:?} must fail unprivileged");
+        for needle in [
+            "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
+            "lacks CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON",
+        ] {
+            assert!(
+                text(&out).contains(needle),
+                "{args:?}: lacks {needle:?}: {}",
+                text(&out)
+            );
+        }
+    }
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "nothing unprivileged may change the filter"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,10 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use edgeblock::{
-    apply::{Live, Plan},
-    loader::Filter,
-};
+use edgeblock::apply::{Live, Plan};
 
 use super::{Global, load_policy, lockout_problems, resolve_targets, summary};
 
@@ -55,18 +52,21 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
             args.policy.display()
         )
     })?;
-    let _lock = if args.dry_run { None } else { Some(g.lock()?) };
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(g.lock("apply")?)
+    };
     let pins = g.pins();
     // A dry run before anything is loaded diffs against nothing; otherwise it reads the kernel.
-    let mut filter = if args.dry_run && !pins.exists() {
+    // Without privileges the pins may be there but out of sight: opening them says so.
+    let unseen = || edgeblock::privileges::lacking(edgeblock::privileges::Need::Read).is_some();
+    let mut filter = if args.dry_run && !pins.exists() && !unseen() {
         None
     } else if args.dry_run {
-        Some(Filter::open(&pins)?)
+        Some(g.open("apply --dry-run")?)
     } else {
-        Some(
-            Filter::load_or_open(&pins)
-                .with_context(|| format!("loading edgeblock under {}", pins.root().display()))?,
-        )
+        Some(g.load_or_open("apply")?)
     };
     let live = match &filter {
         Some(f) => Live::read(&f.maps).context("reading the live maps")?,

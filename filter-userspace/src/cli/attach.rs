@@ -1,5 +1,4 @@
-use anyhow::Context as _;
-use edgeblock::loader::{AttachMode, Attached, Filter};
+use edgeblock::loader::{AttachMode, Attached};
 
 use super::Global;
 
@@ -15,10 +14,8 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
-    let _lock = g.lock()?;
-    let pins = g.pins();
-    let mut filter = Filter::load_or_open(&pins)
-        .with_context(|| format!("loading edgeblock under {}", pins.root().display()))?;
+    let _lock = g.lock("attach")?;
+    let mut filter = g.load_or_open("attach")?;
     match filter.attach(&args.iface, args.mode)? {
         Attached::New(mode) => {
             println!(

@@ -1,5 +1,5 @@
 use anyhow::bail;
-use edgeblock::loader::{Filter, purge};
+use edgeblock::{loader::purge, privileges::Need};
 
 use super::Global;
 
@@ -18,17 +18,17 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
-    let _lock = g.lock()?;
+    let _lock = g.lock("detach")?;
     let pins = g.pins();
     if args.purge {
-        purge(&pins)?;
+        purge(&pins).map_err(|e| super::privileged("detach --purge", Need::Change, e.into()))?;
         println!(
             "detached everywhere and removed the program and maps under {}",
             pins.root().display()
         );
         return Ok(());
     }
-    let mut filter = Filter::open(&pins)?;
+    let mut filter = g.open("detach")?;
     let ifaces: Vec<String> = match args.iface {
         Some(i) => vec![i],
         None => filter.links()?.into_iter().map(|l| l.iface).collect(),

@@ -2,7 +2,6 @@ use std::net::IpAddr;
 
 use edgeblock::{
     compile::action_name,
-    loader::Filter,
     maps::{LpmPrefix, Table, decode_name},
 };
 use filter_common::{RuleEntry, direction};
@@ -19,7 +18,7 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
-    let filter = Filter::open(&g.pins())?;
+    let filter = g.open("lookup")?;
     let m = &filter.maps;
     let (dst, src) = match args.addr {
         IpAddr::V4(a) => {

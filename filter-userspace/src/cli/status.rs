@@ -1,6 +1,6 @@
 use edgeblock::{
     compile::hash_hex,
-    loader::{Filter, link_is_live, link_program_id},
+    loader::{link_is_live, link_program_id},
 };
 use serde::Serialize;
 
@@ -61,7 +61,7 @@ struct MapMem {
 }
 
 pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
-    let filter = Filter::open(&g.pins())?;
+    let filter = g.open("status")?;
     let program_id = filter.program_id()?;
     let interfaces = filter
         .links()?
