@@ -170,7 +170,9 @@ impl Harness {
 
     /// The verdict and the frame as the program left it.
     pub fn run_out(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; 4096];
+        // Room for the frame and anything a rewrite adds to it (a too small buffer fails the
+        // run with ENOSPC).
+        let mut out = vec![0u8; frame.len() + 4096];
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
