@@ -476,37 +476,28 @@ fn unprivileged_runs_check_and_are_told_what_the_rest_needs() {
         );
         assert!(text(&out).contains("OK"), "{}", text(&out));
     }
-    let read = [
-        &["status"][..],
-        &["stats"],
-        &["lookup", "203.0.113.9"],
-        &["apply", "--dry-run", path(&good)],
+    // Reading the pins; loading or changing them.
+    let read: &[&str] = &[
+        "needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN",
+        "this process (uid 65534) lacks CAP_BPF, CAP_NET_ADMIN",
     ];
-    for args in read {
+    let change: &[&str] = &[
+        "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
+        "lacks CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON",
+    ];
+    let cases = [
+        (&["status"][..], read),
+        (&["stats"], read),
+        (&["lookup", "203.0.113.9"], read),
+        (&["apply", "--dry-run", path(&good)], read),
+        (&["apply", path(&good)], change),
+        (&["attach", "lo"], change),
+        (&["detach", "--all"], change),
+    ];
+    for (args, needles) in cases {
         let out = unprivileged(&env, args);
         assert!(!out.status.success(), "{args:?} must fail unprivileged");
-        for needle in [
-            "needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN",
-            "this process (uid 65534) lacks CAP_BPF, CAP_NET_ADMIN",
-        ] {
-            assert!(
-                text(&out).contains(needle),
-                "{args:?}: lacks {needle:?}: {}",
-                text(&out)
-            );
-        }
-    }
-    for args in [
-        &["apply", path(&good)][..],
-        &["attach", "lo"],
-        &["detach", "--all"],
-    ] {
-        let out = unprivileged(&env, args);
-        assert!(!out.status.success(), "{args:?} must fail unprivileged");
-        for needle in [
-            "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
-            "lacks CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON",
-        ] {
+        for needle in needles {
             assert!(
                 text(&out).contains(needle),
                 "{args:?}: lacks {needle:?}: {}",
