@@ -3,8 +3,9 @@
 //! TCP segments (except resets) get a TCP reset; everything else gets ICMP "administratively
 //! prohibited" (type 3 code 13) or ICMPv6 (type 1 code 1) quoting the start of the packet.
 //! Never answered, so the filter cannot be turned into a reflector or an amplifier: ICMP and
-//! ICMPv6 errors, TCP resets, non-first fragments, and packets from unspecified, loopback,
-//! broadcast or multicast sources. Answers are rate-limited by a per-CPU token bucket.
+//! ICMPv6 errors, TCP resets, non-first fragments, packets from unspecified, loopback,
+//! broadcast or multicast sources, and packets to link-layer group or broadcast addresses or to
+//! unspecified, broadcast, multicast or reserved IP destinations. Answers are rate-limited by a per-CPU token bucket.
 //!
 //! Every builder reads what it needs first, then resizes the frame, then writes with fresh
 //! bounds checks (a head or tail adjustment invalidates every earlier one). The Ethernet
@@ -77,16 +78,29 @@ pub fn answerable(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unanswered> {
     if pkt.later_fragment || pkt.l4_proto == L4_NONE {
         return Err(Unanswered);
     }
+    // A frame sent to a link-layer group (the I/G bit of the first destination octet; the
+    // broadcast address has it too) reached every host on the link: answering it would have
+    // each of them answer, and the answer would carry a group address as its source. This
+    // also covers directed broadcasts (a subnet's last address), which arrive as Ethernet
+    // broadcast but cannot be told from the IP address alone. Two-byte read, see below.
+    let [eth_dst0, _]: [u8; 2] = read(ctx, 0)?;
+    if eth_dst0 & 0x01 != 0 {
+        return Err(Unanswered);
+    }
     match &pkt.addrs {
-        Addrs::V4 { src, .. } => {
-            // 0/8, 127/8, 224/4 (multicast) and 240/4 (incl. broadcast) never get an answer.
-            if src[0] == 0 || src[0] == 127 || src[0] >= 224 {
+        Addrs::V4 { src, dst } => {
+            // Sources: 0/8, 127/8, 224/4 (multicast) and 240/4 (incl. broadcast) never get an
+            // answer. Destinations: 0/8, multicast, 240/4 and 255.255.255.255 (RFC 1122
+            // 3.2.2: no ICMP error about a datagram to a broadcast or multicast address).
+            if src[0] == 0 || src[0] == 127 || src[0] >= 224 || dst[0] == 0 || dst[0] >= 224 {
                 return Err(Unanswered);
             }
         }
-        Addrs::V6 { src, .. } => {
+        Addrs::V6 { src, dst } => {
             let unspecified_or_loopback = src[..15].iter().all(|b| *b == 0) && src[15] <= 1;
-            if src[0] == 0xff || unspecified_or_loopback {
+            // A multicast destination (RFC 4443 2.4 (e)) or the unspecified one: no answer.
+            let dst_unspecified = dst.iter().all(|b| *b == 0);
+            if src[0] == 0xff || unspecified_or_loopback || dst[0] == 0xff || dst_unspecified {
                 return Err(Unanswered);
             }
         }

@@ -1,8 +1,10 @@
 //! edgeblock's userspace library: policy parsing and validation (`policy`), compilation to map
 //! contents (`compile`), lockout protection (`lockout`), the pinned program and maps (`pins`,
-//! `loader`, `maps`), applying a policy without a gap (`apply`), the invocation lock (`lock`) and
-//! the reference matcher that the differential tests hold the XDP program to (`reference`), the
-//! hash-chained audit trail (`audit`) and signed policies (`signing`).
+//! `loader`, `maps`), applying a policy without a gap (`apply`), the invocation lock (`lock`),
+//! escaping what files and arguments put into messages (`escape`), which capabilities are
+//! missing when BPF work fails (`privileges`), the reference matcher that the differential
+//! tests hold the XDP program to (`reference`), the hash-chained audit trail (`audit`) and
+//! signed policies (`signing`).
 
 pub mod apply;
 pub mod audit;
@@ -10,6 +12,7 @@ pub mod compile;
 pub mod daemon;
 pub mod dxr;
 pub mod enforce;
+pub mod escape;
 pub mod loader;
 pub mod lock;
 pub mod lockout;
@@ -18,6 +21,7 @@ pub mod neigh;
 pub mod notice;
 pub mod pins;
 pub mod policy;
+pub mod privileges;
 pub mod reference;
 pub mod runtime;
 pub mod signing;

@@ -12,7 +12,7 @@ use aya::{
     programs::{
         ProgramError, Xdp,
         links::{FdLink, PinnedLink},
-        xdp::XdpMode,
+        xdp::{XdpLink, XdpMode},
     },
 };
 use aya_obj::programs::XdpAttachType;
@@ -102,6 +102,18 @@ pub enum LoaderError {
     NotALink { iface: String },
     #[error("edgeblock is not attached to {iface}")]
     NotAttached { iface: String },
+    #[error(
+        "the program pin {prog} is missing, but edgeblock still filters {} with program id \
+         {program_id}: someone removed the pin; run `edgeblock attach {}` to pin the running \
+         program again",
+        ifaces.join(", "),
+        ifaces.first().map_or("IFACE", String::as_str)
+    )]
+    ProgramPinMissing {
+        prog: String,
+        ifaces: Vec<String>,
+        program_id: u32,
+    },
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
     #[error("opening map {path}: {source}")]
@@ -127,6 +139,12 @@ pub enum Attached {
     New(LinkMode),
     /// Already attached earlier; nothing changed.
     Already(LinkMode),
+    /// The link ran another program (`old`, the pinned one having been replaced after its pin
+    /// was removed); it now runs the pinned one, swapped in atomically (BPF_LINK_UPDATE).
+    Replaced {
+        mode: LinkMode,
+        old: u32,
+    },
 }
 
 pub struct Filter {
@@ -138,18 +156,28 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Open the pinned program and maps, loading and pinning them first when absent.
+    /// Open the pinned program and maps, loading and pinning them first when absent. When only
+    /// the program pin is gone while links still run the program, that program is pinned again
+    /// instead: loading a second one would leave the interfaces on the first.
     pub fn load_or_open(pins: &Pins) -> Result<Self, LoaderError> {
         pins.prepare()?;
-        if !pins.exists() {
+        if !pins.exists() && !repin_running(pins)? {
             load_and_pin(pins)?;
         }
         Self::open(pins)
     }
 
-    /// Open what is pinned; an error when nothing is.
+    /// Open what is pinned; an error when nothing is, or when the program pin alone is missing
+    /// while links run ([`LoaderError::ProgramPinMissing`]).
     pub fn open(pins: &Pins) -> Result<Self, LoaderError> {
         if !pins.exists() {
+            if let Some((program_id, ifaces)) = running_without_pin(pins) {
+                return Err(LoaderError::ProgramPinMissing {
+                    prog: pins.prog().display().to_string(),
+                    ifaces,
+                    program_id,
+                });
+            }
             return Err(LoaderError::NotLoaded {
                 root: pins.root().display().to_string(),
             });
@@ -209,7 +237,18 @@ impl Filter {
             })?
         {
             if link_is_live(&existing) {
-                return Ok(Attached::Already(existing.mode));
+                let running = link_program_id(&existing.path);
+                let pinned = self.program_id()?;
+                return match running {
+                    Some(old) if old != pinned => {
+                        self.replace_program(&existing)?;
+                        Ok(Attached::Replaced {
+                            mode: existing.mode,
+                            old,
+                        })
+                    }
+                    _ => Ok(Attached::Already(existing.mode)),
+                };
             }
             // The interface went away (or was replaced) under the link: the pin is stale.
             unpin_link(&existing)?;
@@ -255,6 +294,36 @@ impl Filter {
             iface: iface.into(),
             source: last_err.expect("at least one attempt is made"),
         })
+    }
+
+    /// Make a live link run the pinned program, in one atomic swap: no packet goes unfiltered.
+    fn replace_program(&mut self, pin: &LinkPin) -> Result<(), LoaderError> {
+        let what = || format!("switching the link on {} to the pinned program", pin.iface);
+        let link = PinnedLink::from_pin(&pin.path).map_err(|e| LoaderError::Io {
+            path: pin.path.display().to_string(),
+            source: io::Error::other(e),
+        })?;
+        let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| LoaderError::Io {
+            path: pin.path.display().to_string(),
+            source: io::Error::other(e),
+        })?;
+        let id = self
+            .prog
+            .attach_to_link(link)
+            .map_err(|source| LoaderError::Program {
+                what: what(),
+                source,
+            })?;
+        // The link stays pinned; our descriptor for it is closed here, which detaches nothing.
+        drop(
+            self.prog
+                .take_link(id)
+                .map_err(|source| LoaderError::Program {
+                    what: what(),
+                    source,
+                })?,
+        );
+        Ok(())
     }
 
     /// Detach from `iface` by removing its pinned link (the last reference to it).
@@ -397,6 +466,60 @@ pub fn link_ifindex(path: &std::path::Path) -> io::Result<u32> {
 pub fn link_is_live(pin: &LinkPin) -> bool {
     let current = if_index(&pin.iface);
     current != 0 && link_ifindex(&pin.path).is_ok_and(|i| i == current)
+}
+
+/// The id of the program a pinned link runs, when the kernel says.
+pub fn link_program_id(path: &std::path::Path) -> Option<u32> {
+    let link = PinnedLink::from_pin(path).ok()?;
+    FdLink::from(link).info().ok().map(|i| i.program_id())
+}
+
+/// With the program pin gone: the program that live links still run (the first live link's),
+/// and the interfaces running it.
+fn running_without_pin(pins: &Pins) -> Option<(u32, Vec<String>)> {
+    let live: Vec<LinkPin> = pins
+        .links()
+        .ok()?
+        .into_iter()
+        .filter(link_is_live)
+        .collect();
+    let id = live.iter().find_map(|l| link_program_id(&l.path))?;
+    let ifaces = live
+        .into_iter()
+        .filter(|l| link_program_id(&l.path) == Some(id))
+        .map(|l| l.iface)
+        .collect();
+    Some((id, ifaces))
+}
+
+/// Pin again the edgeblock program that live links run after someone removed its pin; false
+/// when no live link runs one (then a fresh program is loaded). Needs `CAP_SYS_ADMIN`
+/// (BPF_PROG_GET_FD_BY_ID).
+fn repin_running(pins: &Pins) -> Result<bool, LoaderError> {
+    let Some((id, _)) = running_without_pin(pins) else {
+        return Ok(false);
+    };
+    let Some(info) = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+    else {
+        return Ok(false);
+    };
+    if info.name_as_str() != Some(PROGRAM_NAME) {
+        return Ok(false);
+    }
+    let what = || format!("pinning the running program (id {id}) again");
+    let mut prog = Xdp::from_program_info(info, PROGRAM_NAME.into(), XdpAttachType::Interface)
+        .map_err(|source| LoaderError::Program {
+            what: what(),
+            source,
+        })?;
+    let path = pins.prog();
+    prog.pin(&path).map_err(|source| LoaderError::Pin {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(true)
 }
 
 fn unpin_link(pin: &LinkPin) -> Result<(), LoaderError> {

@@ -239,7 +239,7 @@ pub fn parse_proc_net_ipv6_route(text: &str) -> Result<Vec<Ipv6Addr>, RouteParse
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LockoutError {
     #[error(
-        "rule \"{rule}\" ({location}) would {} traffic {} {addr}, an address of this host \
+        "rule {rule:?} ({location}) would {} traffic {} {addr}, an address of this host \
          ({interface}), with its prefix {prefix}; {FIX}",
         action_name(*action),
         to_or_from(*direction)
@@ -255,7 +255,7 @@ pub enum LockoutError {
     },
 
     #[error(
-        "rule \"{rule}\" ({location}) would {} traffic {} {addr}, a default gateway of this \
+        "rule {rule:?} ({location}) would {} traffic {} {addr}, a default gateway of this \
          host, with its prefix {prefix}; {FIX}",
         action_name(*action),
         to_or_from(*direction)
@@ -270,7 +270,7 @@ pub enum LockoutError {
     },
 
     #[error(
-        "rule \"{rule}\" ({location}) would {} traffic {} {prefix}, which overlaps protected \
+        "rule {rule:?} ({location}) would {} traffic {} {prefix}, which overlaps protected \
          prefix {protected} ({protected_at}); {FIX}",
         action_name(*action),
         to_or_from(*direction)

@@ -51,7 +51,7 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file.display(), self.line)
+        write!(f, "{}:{}", crate::escape::path(&self.file), self.line)
     }
 }
 
@@ -327,7 +327,7 @@ impl fmt::Display for Note {
                 expires,
             } => write!(
                 f,
-                "{location}: rule \"{rule}\" expired at {expires}; not loaded"
+                "{location}: rule {rule:?} expired at {expires}; not loaded"
             ),
             Self::DuplicateInRule {
                 rule,
@@ -336,11 +336,11 @@ impl fmt::Display for Note {
                 again,
             } => write!(
                 f,
-                "{again}: rule \"{rule}\": {net} is already listed at {first}; loaded once"
+                "{again}: rule {rule:?}: {net} is already listed at {first}; loaded once"
             ),
             Self::UnusedNotice { location, notice } => write!(
                 f,
-                "{location}: notice target \"{notice}\" is not used by any loaded rule; not loaded"
+                "{location}: notice target {notice:?} is not used by any loaded rule; not loaded"
             ),
         }
     }
@@ -363,6 +363,47 @@ pub enum PrefixProblem {
     HostBits { suggestion: IpNet },
 }
 
+/// A bad prefix as its error shows it.
+///
+/// A value written in the policy is quoted whole. A line of a list file is another matter: an
+/// `include` may name any file edgeblock can read (`/etc/shadow` as root), so a line is quoted
+/// only when it looks like an address: it starts with a valid IP address (its prefix length or
+/// host bits are what is wrong), or it is made of digits, dots and slashes only (a mistyped
+/// IPv4 prefix such as `192.0.2.300`); and then at most [`MAX_QUOTED`] characters of it,
+/// escaped. Any other line is named by file:line and its length only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BadValue {
+    /// Displayed quoted and escaped (`{:?}`).
+    Quoted(String),
+    /// A list line that is not an address at all.
+    Withheld { chars: usize },
+}
+
+impl BadValue {
+    /// How a bad list line is shown: see [`BadValue`].
+    fn list_line(line: &str, problem: &PrefixProblem) -> Self {
+        let ipv4_like = line
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'/');
+        if *problem != PrefixProblem::NotAnAddress || ipv4_like {
+            Self::Quoted(quote_limited(line))
+        } else {
+            Self::Withheld {
+                chars: line.chars().count(),
+            }
+        }
+    }
+}
+
+impl fmt::Display for BadValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Quoted(value) => write!(f, "{value:?}"),
+            Self::Withheld { chars } => write!(f, "a line of {chars} characters (not shown)"),
+        }
+    }
+}
+
 /// Which part of the configuration a bad prefix belongs to; displayed as a prefix of the error
 /// message (`rule "x": `), empty for a list parsed on its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -383,11 +424,11 @@ pub enum PrefixOwner {
 impl fmt::Display for PrefixOwner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Rule { rule } => write!(f, "rule \"{rule}\": "),
+            Self::Rule { rule } => write!(f, "rule {rule:?}: "),
             Self::Protect => f.write_str("protect: "),
             Self::List => Ok(()),
             Self::Include { rule, included_at } => {
-                write!(f, "rule \"{rule}\" (included at {included_at}): ")
+                write!(f, "rule {rule:?} (included at {included_at}): ")
             }
         }
     }
@@ -475,7 +516,7 @@ impl fmt::Display for KnownNotices {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            write!(f, "\"{name}\"")?;
+            write!(f, "{name:?}")?;
         }
         Ok(())
     }
@@ -487,28 +528,28 @@ impl fmt::Display for KnownNotices {
 /// these errors are shown one per line in a list where a cause chain would be lost.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{}: cannot read the policy file: {error}", file.display())]
+    #[error("{}: cannot read the policy file: {error}", crate::escape::path(file))]
     Read { file: PathBuf, error: io::Error },
 
     /// TOML syntax, unknown keys, missing keys and wrong types, as reported by the TOML parser.
     #[error("{location}: {message}")]
     Toml { location: Location, message: String },
 
-    #[error("{location}: {owner}{value:?} {problem}")]
+    #[error("{location}: {owner}{value} {problem}")]
     BadPrefix {
         location: Location,
         owner: PrefixOwner,
-        value: String,
+        value: BadValue,
         problem: PrefixProblem,
     },
 
     /// A list file with so many bad lines that it is probably not a list at all (an HTML error
     /// page saved by a failed download, say); the first [`MAX_LIST_ERRORS`] are reported.
-    #[error("{}: {count} more bad lines not shown", file.display())]
+    #[error("{}: {count} more bad lines not shown", crate::escape::path(file))]
     MoreBadLines { file: PathBuf, count: usize },
 
     #[error(
-        "{second}: rule \"{second_rule}\": {net} is already in rule \"{first_rule}\" at {first}; \
+        "{second}: rule {second_rule:?}: {net} is already in rule {first_rule:?} at {first}; \
          a prefix can belong to only one {direction} rule"
     )]
     DuplicatePrefix {
@@ -520,7 +561,7 @@ pub enum PolicyError {
         second_rule: String,
     },
 
-    #[error("{second}: rule name \"{name}\" is already used at {first}")]
+    #[error("{second}: rule name {name:?} is already used at {first}")]
     DuplicateRuleName {
         name: String,
         first: Location,
@@ -534,12 +575,12 @@ pub enum PolicyError {
         problem: NameProblem,
     },
 
-    #[error("{location}: rule \"{rule}\" has no prefixes; list some in `prefixes` or `include`")]
+    #[error("{location}: rule {rule:?} has no prefixes; list some in `prefixes` or `include`")]
     EmptyRule { location: Location, rule: String },
 
     #[error(
-        "{location}: rule \"{rule}\": cannot read include {include:?} ({}): {error}",
-        resolved.display()
+        "{location}: rule {rule:?}: cannot read include {include:?} ({}): {error}",
+        crate::escape::path(resolved)
     )]
     UnreadableInclude {
         location: Location,
@@ -552,7 +593,7 @@ pub enum PolicyError {
     },
 
     #[error(
-        "{location}: rule \"{rule}\": expires {value:?} is not an RFC 3339 timestamp with an \
+        "{location}: rule {rule:?}: expires {value:?} is not an RFC 3339 timestamp with an \
          offset, like \"2026-12-31T00:00:00Z\": {error}"
     )]
     BadExpires {
@@ -563,7 +604,7 @@ pub enum PolicyError {
     },
 
     #[error(
-        "{location}: rule \"{rule}\": expires must be a timestamp like \"2026-12-31T00:00:00Z\", \
+        "{location}: rule {rule:?}: expires must be a timestamp like \"2026-12-31T00:00:00Z\", \
          not a TOML {found}"
     )]
     ExpiresType {
@@ -573,7 +614,7 @@ pub enum PolicyError {
     },
 
     #[error(
-        "{location}: rule \"{rule}\": unknown action {value:?}; expected \"pass\", \"drop\", \
+        "{location}: rule {rule:?}: unknown action {value:?}; expected \"pass\", \"drop\", \
          \"redirect\" or \"reject\""
     )]
     UnknownAction {
@@ -582,9 +623,7 @@ pub enum PolicyError {
         value: String,
     },
 
-    #[error(
-        "{location}: rule \"{rule}\": unknown direction {value:?}; expected \"dst\" or \"src\""
-    )]
+    #[error("{location}: rule {rule:?}: unknown direction {value:?}; expected \"dst\" or \"src\"")]
     BadDirection {
         location: Location,
         rule: String,
@@ -613,7 +652,7 @@ pub enum PolicyError {
         problem: NameProblem,
     },
 
-    #[error("{location}: notice target \"{notice}\": interface {value:?} {problem}")]
+    #[error("{location}: notice target {notice:?}: interface {value:?} {problem}")]
     BadInterface {
         location: Location,
         notice: String,
@@ -621,7 +660,7 @@ pub enum PolicyError {
         problem: InterfaceProblem,
     },
 
-    #[error("{location}: notice target \"{notice}\": next_hop {value:?} {problem}")]
+    #[error("{location}: notice target {notice:?}: next_hop {value:?} {problem}")]
     BadNextHop {
         location: Location,
         notice: String,
@@ -630,7 +669,7 @@ pub enum PolicyError {
     },
 
     #[error(
-        "{location}: rule \"{rule}\": action \"redirect\" needs notice = \"NAME\", naming a \
+        "{location}: rule {rule:?}: action \"redirect\" needs notice = \"NAME\", naming a \
          [notice.NAME] table; {known}"
     )]
     RedirectWithoutNotice {
@@ -640,13 +679,13 @@ pub enum PolicyError {
     },
 
     #[error(
-        "{location}: rule \"{rule}\": action \"redirect\" matches destinations only (the notice \
+        "{location}: rule {rule:?}: action \"redirect\" matches destinations only (the notice \
          page is chosen by the address the visitor wanted); use direction = \"dst\", or \
          action = \"reject\" or \"drop\" for a source"
     )]
     RedirectFromSource { location: Location, rule: String },
 
-    #[error("{location}: rule \"{rule}\": notice {value:?} is not defined; {known}")]
+    #[error("{location}: rule {rule:?}: notice {value:?} is not defined; {known}")]
     UnknownNotice {
         location: Location,
         rule: String,
@@ -655,7 +694,7 @@ pub enum PolicyError {
     },
 
     #[error(
-        "{location}: rule \"{rule}\": {key} only applies to action = \"redirect\", not \
+        "{location}: rule {rule:?}: {key} only applies to action = \"redirect\", not \
          \"{action}\"; remove it or change the action"
     )]
     NoticeKeyWithoutRedirect {
@@ -666,7 +705,7 @@ pub enum PolicyError {
     },
 
     #[error(
-        "{location}: rule \"{rule}\": notice_status = {value} is not valid; expected 451 (the \
+        "{location}: rule {rule:?}: notice_status = {value} is not valid; expected 451 (the \
          default) or 403"
     )]
     BadNoticeStatus {
@@ -676,7 +715,7 @@ pub enum PolicyError {
     },
 
     #[error(
-        "{location}: rule \"{rule}\": https = {value:?} is not valid; expected \"reject\" (the \
+        "{location}: rule {rule:?}: https = {value:?} is not valid; expected \"reject\" (the \
          default) or \"notice\""
     )]
     BadHttps {
@@ -685,7 +724,7 @@ pub enum PolicyError {
         value: String,
     },
 
-    #[error("{location}: rule \"{rule}\": notice_url {value:?} {problem}")]
+    #[error("{location}: rule {rule:?}: notice_url {value:?} {problem}")]
     BadNoticeUrl {
         location: Location,
         rule: String,
@@ -693,7 +732,7 @@ pub enum PolicyError {
         problem: UrlProblem,
     },
 
-    #[error("{location}: rule \"{rule}\": reference {value:?} {problem}")]
+    #[error("{location}: rule {rule:?}: reference {value:?} {problem}")]
     BadReference {
         location: Location,
         rule: String,
@@ -702,7 +741,7 @@ pub enum PolicyError {
     },
 
     #[error(
-        "{location}: rule \"{rule}\" ({action}) has no reference, and the policy says \
+        "{location}: rule {rule:?} ({action}) has no reference, and the policy says \
          require_reference = true; add reference = \"CASE-ID\" naming the case or ticket"
     )]
     MissingReference {
@@ -717,7 +756,7 @@ pub enum PolicyError {
     )]
     BadSignaturesRequired { location: Location, value: i64 },
 
-    #[error("{location}: rule \"{rule}\" is one rule too many; at most {max} rules can be loaded")]
+    #[error("{location}: rule {rule:?} is one rule too many; at most {max} rules can be loaded")]
     TooManyRules {
         location: Location,
         rule: String,
@@ -725,7 +764,7 @@ pub enum PolicyError {
     },
 
     #[error(
-        "{location}: notice target \"{notice}\" is one too many; rules can use at most {max} \
+        "{location}: notice target {notice:?} is one too many; rules can use at most {max} \
          notice targets"
     )]
     TooManyNoticeTargets {
@@ -736,7 +775,7 @@ pub enum PolicyError {
 
     #[error(
         "{}: the {direction} {family} table would hold {count} prefixes; it holds at most {max}",
-        file.display()
+        crate::escape::path(file)
     )]
     TooManyPrefixes {
         file: PathBuf,
@@ -769,9 +808,10 @@ impl std::error::Error for PolicyErrors {}
 /// [`PolicyError::MoreBadLines`].
 pub const MAX_LIST_ERRORS: usize = 20;
 
-/// Longest list line quoted back in an error; a list that is really a minified JSON or HTML
-/// page would otherwise put megabytes on the terminal.
-const MAX_QUOTED: usize = 80;
+/// Longest list line quoted back in an error: the longest prefix there is
+/// (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255/128`). Also keeps a list that is really a
+/// minified JSON or HTML page from putting megabytes on the terminal.
+pub const MAX_QUOTED: usize = 49;
 
 /// Read the policy at `path` and the lists it includes (relative to its directory), and
 /// validate everything. Rules whose `expires` is at or before `now` are left out.
@@ -917,7 +957,7 @@ pub fn parse_prefix_list(text: &str, file: &Path) -> Result<Vec<PrefixEntry>, Ve
             Err(problem) => errors.push(PolicyError::BadPrefix {
                 location,
                 owner: PrefixOwner::List,
-                value: quote_limited(content),
+                value: BadValue::list_line(content, &problem),
                 problem,
             }),
         }
@@ -954,7 +994,7 @@ pub fn parse_prefix(text: &str) -> Result<IpNet, PrefixProblem> {
         Some(length) => {
             // `u32::from_str` would also take "+8".
             let bad = || PrefixProblem::BadLength {
-                length: length.to_string(),
+                length: quote_limited_to(length, MAX_LENGTH_QUOTED),
             };
             if length.is_empty() || !length.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad());
@@ -986,8 +1026,15 @@ pub fn parse_prefix(text: &str) -> Result<IpNet, PrefixProblem> {
     Ok(net)
 }
 
+/// Longest invalid prefix length quoted back (`/abc`): lengths have at most three digits.
+const MAX_LENGTH_QUOTED: usize = 8;
+
 fn quote_limited(text: &str) -> String {
-    match text.char_indices().nth(MAX_QUOTED) {
+    quote_limited_to(text, MAX_QUOTED)
+}
+
+fn quote_limited_to(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
         Some((end, _)) => format!("{}...", &text[..end]),
         None => text.to_string(),
     }
@@ -1276,7 +1323,7 @@ impl Validator<'_> {
                 Err(problem) => self.errors.push(PolicyError::BadPrefix {
                     location,
                     owner: PrefixOwner::Protect,
-                    value: value.get_ref().clone(),
+                    value: BadValue::Quoted(value.get_ref().clone()),
                     problem,
                 }),
             }
@@ -1425,7 +1472,7 @@ impl Validator<'_> {
                 Err(problem) => self.errors.push(PolicyError::BadPrefix {
                     location,
                     owner: PrefixOwner::Rule { rule: name.clone() },
-                    value: value.get_ref().clone(),
+                    value: BadValue::Quoted(value.get_ref().clone()),
                     problem,
                 }),
             }
@@ -2474,7 +2521,71 @@ prefixes = ["198.51.100.0/24"]
         assert_eq!(errors.len(), 1, "{errors:#?}");
         assert_eq!(
             errors[0].to_string(),
-            "feed.txt:2: \"1.2.3.4 5.6.7.8\" is not an IP address or CIDR prefix"
+            "feed.txt:2: a line of 15 characters (not shown) is not an IP address or CIDR prefix"
+        );
+    }
+
+    #[test]
+    fn an_included_secret_file_is_not_echoed() {
+        let shadow = "root:$y$j9T$Fq3sx7Vb0OZDnDTHQ8/pr.$KrtM0xsXxC9Tz7d5nRVq7yL8ufgXhU7d8sEJPl0/1n3:20000:0:99999:7:::\n\
+                      daemon:*:20000:0:99999:7:::\n\
+                      deadbeefcafebabe0123456789abcdef\n\
+                      10.0.0.1/8secret-token-after-a-valid-address-that-goes-on-and-on\n";
+        let errors = errors_with(
+            "[[rule]]\nname = \"x\"\naction = \"drop\"\ninclude = [\"/etc/shadow\"]\n",
+            with_files(&[("/etc/shadow", shadow)]),
+        );
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        let all = errors.join("\n");
+        for secret in ["root", "j9T", "Fq3sx7", "daemon", "deadbeef", "on-and-on"] {
+            assert!(!all.contains(secret), "{secret:?} leaked: {all}");
+        }
+        assert_eq!(
+            errors[0],
+            "/etc/shadow:1: rule \"x\" (included at policy.toml:4): a line of 97 characters (not \
+             shown) is not an IP address or CIDR prefix"
+        );
+        // A line that starts with an address is quoted, but only as far as a prefix can reach.
+        assert_contains(
+            &errors[3],
+            &[
+                "/etc/shadow:4:",
+                "\"10.0.0.1/8secret-token-after-a-valid-address-that...\"",
+                "\"8secret-...\"",
+            ],
+        );
+        assert!(errors[3].len() < 200, "{}", errors[3]);
+    }
+
+    #[test]
+    fn hostile_names_and_paths_reach_no_message_unescaped() {
+        // A rule name with a terminal title escape and a newline, failing validation; the
+        // same rule also has other problems whose errors name it.
+        let name = "evil\u{1b}]0;pwned\u{7}\nfake: error\u{202e}";
+        let list = "l\u{1b}[31m.txt";
+        let (name, list) = (toml::Value::from(name), toml::Value::from(list));
+        let text = format!(
+            "[[rule]]\nname = {name}\naction = \"explode\"\ndirection = \"up\"\n\
+             include = [{list}]\nnotice_status = 404\n\
+             [[rule]]\nname = {name}\naction = \"drop\"\nprefixes = [\"192.0.2.0/33\"]\n\
+             include = [\"lists/x\\u001b[2J.txt\"]\n"
+        );
+        let read = with_files(&[(
+            "lists/x\u{1b}[2J.txt",
+            "10.0.0.0/8\n\u{1b}[2J\u{1b}[H fake\n1.2.3.4/\u{1b}[2J\n",
+        )]);
+        let errors = errors_with(&text, read);
+        assert!(errors.len() >= 6, "{errors:#?}");
+        for e in &errors {
+            assert!(
+                !e.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                "unescaped control character in {e:?}"
+            );
+        }
+        let all = errors.join("\n");
+        assert_contains(
+            &all,
+            &["\\u{1b}]0;pwned\\u{7}\\n", "lists/x\\u{1b}[2J.txt:3:"],
         );
     }
 

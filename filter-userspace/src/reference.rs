@@ -13,7 +13,11 @@
 //! - [`evaluate`]`(&Compiled, frame) -> `[`Outcome`]: what decides the frame and which counter
 //!   it moves; the address part is [`Compiled::verdict`], the malformed choice is
 //!   [`Compiled::malformed`].
-//! - [`Outcome::xdp_action`]: the XDP return code the program gives that outcome.
+//! - [`run`]`(&Compiled, targets, frame) -> (`[`Outcome`]`, `[`Sent`]`)`: the same, and what the
+//!   program sends: the frame passed, dropped (and why), a `reject` answer (TCP reset, ICMP or
+//!   ICMPv6 unreachable) or a `redirect`ed frame, byte for byte. [`Sent::xdp_action`] is the
+//!   XDP return code. Written from docs/policy.md and docs/security.md, not from the eBPF
+//!   code: plain `Vec` building and a checksum over the finished bytes.
 //!
 //! # The parsing rules
 //!
@@ -38,7 +42,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use filter_common::{action, malformed};
+use filter_common::{NoticeTarget, action, malformed};
 
 use crate::compile::Compiled;
 
@@ -78,24 +82,8 @@ pub mod xdp {
     pub const ABORTED: u32 = 0;
     pub const DROP: u32 = 1;
     pub const PASS: u32 = 2;
-}
-
-impl Outcome {
-    /// The XDP action the program returns for this outcome: a rule's action, `PASS` for
-    /// no-match and non-IP, `DROP` or `PASS` for a malformed frame. An action the program does
-    /// not implement (which the policy parser never produces) is `ABORTED`, as in the program.
-    pub fn xdp_action(&self) -> u32 {
-        match *self {
-            Self::Rule { action, .. } => match action {
-                action::PASS => xdp::PASS,
-                action::DROP => xdp::DROP,
-                _ => xdp::ABORTED,
-            },
-            Self::NoMatch | Self::NonIp => xdp::PASS,
-            Self::Malformed { dropped: true } => xdp::DROP,
-            Self::Malformed { dropped: false } => xdp::PASS,
-        }
-    }
+    pub const TX: u32 = 3;
+    pub const REDIRECT: u32 = 4;
 }
 
 /// The whole decision for one frame under `compiled`.
@@ -154,11 +142,32 @@ fn be16(buf: &[u8], at: usize) -> Option<u16> {
 
 /// Classify a frame and extract the addresses a verdict depends on.
 pub fn parse(frame: &[u8]) -> Parsed {
-    // `None` anywhere below means a read past the end: malformed.
-    parse_ethernet(frame).unwrap_or(Parsed::Malformed)
+    match layout(frame) {
+        // `None` anywhere below means a read past the end: malformed.
+        None => Parsed::Malformed,
+        Some(None) => Parsed::NonIp,
+        Some(Some(ip)) => ip.addrs,
+    }
 }
 
-fn parse_ethernet(frame: &[u8]) -> Option<Parsed> {
+/// Where things are in an IP frame: what `reject` and `redirect` need besides the addresses.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    /// [`Parsed::V4`] or [`Parsed::V6`].
+    addrs: Parsed,
+    /// Offset of the IP header: after the Ethernet header and its VLAN tags.
+    l3: usize,
+    /// Offset of the upper-layer header: after the IPv4 options or the IPv6 extension headers.
+    l4: usize,
+    /// The upper-layer protocol; `None` in a non-first fragment, which carries none.
+    upper: Option<u8>,
+    /// The datagram's length as its header states it (IPv4 total length; IPv6 40 plus the
+    /// payload length).
+    datagram_len: usize,
+}
+
+/// `None`: malformed; `Some(None)`: not IP.
+fn layout(frame: &[u8]) -> Option<Option<Layout>> {
     if frame.len() < ETH_HLEN {
         return None;
     }
@@ -178,33 +187,39 @@ fn parse_ethernet(frame: &[u8]) -> Option<Parsed> {
                 // The whole tag, not just the type field, must be present.
                 frame.get(..l3)?;
             }
-            ETH_P_IP => return parse_ipv4(frame.get(l3..)?),
-            ETH_P_IPV6 => return parse_ipv6(frame.get(l3..)?),
-            _ => return Some(Parsed::NonIp),
+            ETH_P_IP => return parse_ipv4(frame.get(l3..)?, l3).map(Some),
+            ETH_P_IPV6 => return parse_ipv6(frame.get(l3..)?, l3).map(Some),
+            _ => return Some(None),
         }
     }
 }
 
-/// `ip`: the frame from the first byte of the IPv4 header to the end.
-fn parse_ipv4(ip: &[u8]) -> Option<Parsed> {
+/// `ip`: the frame from the first byte of the IPv4 header (at `l3`) to the end.
+fn parse_ipv4(ip: &[u8], l3: usize) -> Option<Layout> {
     let fixed: [u8; IPV4_MIN_HLEN] = array(ip, 0)?;
     let version = fixed[0] >> 4;
     let header_len = usize::from(fixed[0] & 0x0f) * 4;
     let total_len = usize::from(be16(&fixed, 2)?);
-    let parsed = Parsed::V4 {
-        src: Ipv4Addr::from(array::<4>(&fixed, 12)?),
-        dst: Ipv4Addr::from(array::<4>(&fixed, 16)?),
-    };
+    let fragment_offset = be16(&fixed, 6)? & 0x1fff;
     let holds_together = version == 4
         && header_len >= IPV4_MIN_HLEN
         && total_len >= header_len
         && total_len <= ip.len()
         && header_len <= ip.len();
-    holds_together.then_some(parsed)
+    holds_together.then(|| Layout {
+        addrs: Parsed::V4 {
+            src: Ipv4Addr::from([fixed[12], fixed[13], fixed[14], fixed[15]]),
+            dst: Ipv4Addr::from([fixed[16], fixed[17], fixed[18], fixed[19]]),
+        },
+        l3,
+        l4: l3 + header_len,
+        upper: (fragment_offset == 0).then_some(fixed[9]),
+        datagram_len: total_len,
+    })
 }
 
-/// `ip`: the frame from the first byte of the IPv6 header to the end.
-fn parse_ipv6(ip: &[u8]) -> Option<Parsed> {
+/// `ip`: the frame from the first byte of the IPv6 header (at `l3`) to the end.
+fn parse_ipv6(ip: &[u8], l3: usize) -> Option<Layout> {
     let fixed: [u8; IPV6_HLEN] = array(ip, 0)?;
     if fixed[0] >> 4 != 6 {
         return None;
@@ -213,9 +228,15 @@ fn parse_ipv6(ip: &[u8]) -> Option<Parsed> {
     if payload_len > ip.get(IPV6_HLEN..)?.len() {
         return None;
     }
-    let parsed = Parsed::V6 {
-        src: Ipv6Addr::from(array::<16>(&fixed, 8)?),
-        dst: Ipv6Addr::from(array::<16>(&fixed, 24)?),
+    let done = |at: usize, upper: Option<u8>| Layout {
+        addrs: Parsed::V6 {
+            src: Ipv6Addr::from(array::<16>(&fixed, 8).unwrap_or_default()),
+            dst: Ipv6Addr::from(array::<16>(&fixed, 24).unwrap_or_default()),
+        },
+        l3,
+        l4: l3 + at,
+        upper,
+        datagram_len: IPV6_HLEN + payload_len,
     };
     let mut next = fixed[6];
     let mut at = IPV6_HLEN;
@@ -228,7 +249,7 @@ fn parse_ipv6(ip: &[u8]) -> Option<Parsed> {
             IPPROTO_AH => (usize::from(byte(ip, at + 1)?) + 2) * 4,
             IPPROTO_FRAGMENT => 8,
             // The upper layer (or "no next header", 59): the walk is done.
-            _ => return Some(parsed),
+            _ => return Some(done(at, Some(next))),
         };
         if walked == MAX_EXT_HDRS {
             return None;
@@ -236,7 +257,7 @@ fn parse_ipv6(ip: &[u8]) -> Option<Parsed> {
         let header = ip.get(at..at + len)?;
         if next == IPPROTO_FRAGMENT && be16(header, 2)? & 0xfff8 != 0 {
             // A non-first fragment: what follows is the middle of a payload, not a header.
-            return Some(parsed);
+            return Some(done(at, None));
         }
         next = byte(header, 0)?;
         at += len;
@@ -244,10 +265,323 @@ fn parse_ipv6(ip: &[u8]) -> Option<Parsed> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// What `reject` and `redirect` send (docs/policy.md, "Redirect and reject"; docs/security.md,
+// "The reject path").
+
+/// What leaves the program, and which extra counter moves, once the rule counter and the
+/// action's total have been counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// XDP_PASS, the frame as it arrived.
+    Passed,
+    /// XDP_ABORTED: an action the program does not implement (the policy parser never
+    /// produces one).
+    Aborted,
+    /// XDP_DROP.
+    Dropped,
+    /// XDP_DROP of a frame a `reject` (or a redirect rule's HTTPS reset) may not answer:
+    /// counted as reject-unanswered.
+    Unanswered,
+    /// XDP_DROP of a frame whose notice target is not configured: counted as redirect-failed.
+    RedirectFailed,
+    /// XDP_TX: the answer, sent back out of the interface the frame came in on.
+    Answered(Vec<u8>),
+    /// XDP_REDIRECT to the notice target, the frame rewritten for it.
+    Redirected(Vec<u8>),
+}
+
+impl Sent {
+    /// The XDP return code.
+    pub fn xdp_action(&self) -> u32 {
+        match self {
+            Self::Passed => xdp::PASS,
+            Self::Aborted => xdp::ABORTED,
+            Self::Dropped | Self::Unanswered | Self::RedirectFailed => xdp::DROP,
+            Self::Answered(_) => xdp::TX,
+            Self::Redirected(_) => xdp::REDIRECT,
+        }
+    }
+
+    /// The bytes the program sends, for an answer or a redirect.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Self::Answered(b) | Self::Redirected(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// The whole effect of a frame: [`evaluate`]'s outcome, and what is sent. `targets[i]` is
+/// the notice target with index `i` (as `apply` loads them). The `reject` rate limit is not
+/// modelled: this answers every packet that may be answered, so callers set a limit they do
+/// not reach.
+pub fn run(compiled: &Compiled, targets: &[NoticeTarget], frame: &[u8]) -> (Outcome, Sent) {
+    let outcome = evaluate(compiled, frame);
+    let sent = match outcome {
+        Outcome::NoMatch | Outcome::NonIp | Outcome::Malformed { dropped: false } => Sent::Passed,
+        Outcome::Malformed { dropped: true } => Sent::Dropped,
+        Outcome::Rule { index, action } => {
+            let rule = compiled.rules.get(index);
+            // A rule matched, so the frame is IP.
+            let ip = layout(frame).flatten();
+            match (action, ip) {
+                (action::PASS, _) => Sent::Passed,
+                (action::DROP, _) => Sent::Dropped,
+                (action::REJECT, Some(ip)) => answer(frame, &ip),
+                (action::REDIRECT, Some(ip)) => {
+                    let https_reset = rule
+                        .is_some_and(|r| r.flags & filter_common::rule_flags::HTTPS_REJECT != 0);
+                    if https_reset && is_https(frame, &ip) {
+                        answer(frame, &ip)
+                    } else {
+                        match rule.and_then(|r| targets.get(usize::from(r.target))) {
+                            Some(t) if t.ifindex != 0 => {
+                                Sent::Redirected(redirected(frame, &ip, t))
+                            }
+                            _ => Sent::RedirectFailed,
+                        }
+                    }
+                }
+                _ => Sent::Aborted,
+            }
+        }
+    };
+    (outcome, sent)
+}
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_ICMPV6: u8 = 58;
+/// IANA-reserved: no real upper layer carries it, and the program never answers it.
+const IPPROTO_RESERVED: u8 = 255;
+
+/// TCP to port 443 (what a redirect rule's `https = "reject"` resets).
+fn is_https(frame: &[u8], ip: &Layout) -> bool {
+    ip.upper == Some(IPPROTO_TCP) && be16(frame, ip.l4 + 2) == Some(443)
+}
+
+/// Whether a packet may be answered at all (docs/security.md, "Never answered").
+fn may_answer(frame: &[u8], ip: &Layout) -> bool {
+    let Some(upper) = ip.upper else {
+        return false; // a non-first fragment
+    };
+    if upper == IPPROTO_RESERVED {
+        return false;
+    }
+    // Sent to an Ethernet group (multicast or broadcast): the I/G bit.
+    if frame[0] & 1 != 0 {
+        return false;
+    }
+    let addresses_ok = match ip.addrs {
+        Parsed::V4 { src, dst } => {
+            let bad_src = src.octets()[0] == 0 || src.is_loopback() || src.octets()[0] >= 224;
+            let bad_dst = dst.octets()[0] == 0 || dst.octets()[0] >= 224;
+            !bad_src && !bad_dst
+        }
+        Parsed::V6 { src, dst } => {
+            !(src.is_multicast()
+                || src.is_unspecified()
+                || src.is_loopback()
+                || dst.is_multicast()
+                || dst.is_unspecified())
+        }
+        Parsed::NonIp | Parsed::Malformed => false,
+    };
+    if !addresses_ok {
+        return false;
+    }
+    // The upper-layer bytes looked at must be in the frame; errors never answer errors. An
+    // ICMP or ICMPv6 error type is refused whichever IP version carries it.
+    match upper {
+        IPPROTO_TCP => array::<2>(frame, ip.l4 + 12).is_some_and(|[_, flags]| flags & 0x04 == 0),
+        IPPROTO_ICMP => {
+            array::<2>(frame, ip.l4).is_some_and(|[ty, _]| !matches!(ty, 3 | 4 | 5 | 11 | 12))
+        }
+        IPPROTO_ICMPV6 => array::<2>(frame, ip.l4).is_some_and(|[ty, _]| ty >= 128),
+        _ => true,
+    }
+}
+
+/// The answer to a rejected packet, or why there is none.
+fn answer(frame: &[u8], ip: &Layout) -> Sent {
+    if !may_answer(frame, ip) {
+        return Sent::Unanswered;
+    }
+    let reply = if ip.upper == Some(IPPROTO_TCP) {
+        tcp_reset(frame, ip)
+    } else {
+        Some(icmp_unreachable(frame, ip))
+    };
+    reply.map_or(Sent::Unanswered, Sent::Answered)
+}
+
+/// The link-layer header of the answer: the frame's, with the MAC addresses swapped and the
+/// VLAN tags kept, so the answer leaves the way the packet came.
+fn link_header_back(frame: &[u8], ip: &Layout) -> Vec<u8> {
+    let mut l2 = frame[..ip.l3].to_vec();
+    l2[..6].copy_from_slice(&frame[6..12]);
+    l2[6..12].copy_from_slice(&frame[..6]);
+    l2
+}
+
+/// RFC 1071: the one's complement of the one's-complement sum of 16-bit words.
+fn internet_checksum(parts: &[&[u8]]) -> u16 {
+    let bytes: Vec<u8> = parts.concat();
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IP header from `from` to `to` carrying `payload` bytes of `proto`: IPv4 without options,
+/// DF set, id 0, TTL 64; IPv6 with hop limit 64, class and flow label 0.
+fn ip_header(from: IpAddr, to: IpAddr, proto: u8, payload: usize) -> Vec<u8> {
+    match (from, to) {
+        (IpAddr::V4(from), IpAddr::V4(to)) => {
+            let total = (IPV4_MIN_HLEN + payload) as u16;
+            let mut h = vec![0x45, 0];
+            h.extend(total.to_be_bytes());
+            h.extend([0, 0, 0x40, 0, 64, proto, 0, 0]);
+            h.extend(from.octets());
+            h.extend(to.octets());
+            let c = internet_checksum(&[&h]);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            h
+        }
+        (IpAddr::V6(from), IpAddr::V6(to)) => {
+            let mut h = vec![0x60, 0, 0, 0];
+            h.extend((payload as u16).to_be_bytes());
+            h.extend([proto, 64]);
+            h.extend(from.octets());
+            h.extend(to.octets());
+            h
+        }
+        _ => unreachable!("one family per packet"),
+    }
+}
+
+/// The pseudo-header a TCP or ICMPv6 checksum covers.
+fn pseudo_header(from: IpAddr, to: IpAddr, proto: u8, len: usize) -> Vec<u8> {
+    let mut p = Vec::new();
+    match (from, to) {
+        (IpAddr::V4(from), IpAddr::V4(to)) => {
+            p.extend(from.octets());
+            p.extend(to.octets());
+            p.extend([0, proto]);
+            p.extend((len as u16).to_be_bytes());
+        }
+        (IpAddr::V6(from), IpAddr::V6(to)) => {
+            p.extend(from.octets());
+            p.extend(to.octets());
+            p.extend((len as u32).to_be_bytes());
+            p.extend([0, 0, 0, proto]);
+        }
+        _ => unreachable!("one family per packet"),
+    }
+    p
+}
+
+/// The packet's (source, destination).
+fn endpoints(ip: &Layout) -> (IpAddr, IpAddr) {
+    match ip.addrs {
+        Parsed::V4 { src, dst } => (src.into(), dst.into()),
+        Parsed::V6 { src, dst } => (src.into(), dst.into()),
+        Parsed::NonIp | Parsed::Malformed => unreachable!("a layout is IP"),
+    }
+}
+
+/// RFC 9293 3.10.7.1: a segment with ACK gets `<SEQ=SEG.ACK><CTL=RST>`; any other gets
+/// `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`, where SEG.LEN counts the data and SYN and FIN.
+/// Ports swapped, a bare 20-byte header, window 0. `None` when the TCP header is not all
+/// there or its data offset is below 5 words or runs past the datagram.
+fn tcp_reset(frame: &[u8], ip: &Layout) -> Option<Vec<u8>> {
+    let tcp: [u8; 20] = array(frame, ip.l4)?;
+    let data_offset = usize::from(tcp[12] >> 4) * 4;
+    let ip_header_len = ip.l4 - ip.l3;
+    if data_offset < 20 || ip.datagram_len < ip_header_len + data_offset {
+        return None;
+    }
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+    let flags = tcp[13];
+    let (syn, fin, has_ack) = (flags & 0x02 != 0, flags & 0x01 != 0, flags & 0x10 != 0);
+    let (reply_seq, reply_ack, reply_flags) = if has_ack {
+        (ack, 0, 0x04)
+    } else {
+        let data = ip.datagram_len - ip_header_len - data_offset;
+        let len = data as u32 + u32::from(syn) + u32::from(fin);
+        (0, seq.wrapping_add(len), 0x04 | 0x10)
+    };
+    let (src, dst) = endpoints(ip);
+    let mut seg = Vec::with_capacity(20);
+    seg.extend(&tcp[2..4]);
+    seg.extend(&tcp[0..2]);
+    seg.extend(reply_seq.to_be_bytes());
+    seg.extend(reply_ack.to_be_bytes());
+    seg.extend([0x50, reply_flags, 0, 0, 0, 0, 0, 0]);
+    let c = internet_checksum(&[&pseudo_header(dst, src, IPPROTO_TCP, 20), &seg]);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut out = link_header_back(frame, ip);
+    out.extend(ip_header(dst, src, IPPROTO_TCP, 20));
+    out.extend(seg);
+    Some(out)
+}
+
+/// How much of an IPv6 packet an ICMPv6 error quotes (RFC 4443 asks for as much as fits in
+/// the minimum MTU; edgeblock keeps its answers small: docs/security.md).
+const ICMPV6_QUOTE: usize = 64;
+
+/// ICMP destination unreachable, "communication administratively prohibited" (type 3 code
+/// 13), quoting the offending IPv4 header and 8 bytes of its data (RFC 792); or ICMPv6
+/// destination unreachable, "communication with destination administratively prohibited"
+/// (type 1 code 1), quoting the first 64 bytes of the IPv6 packet.
+fn icmp_unreachable(frame: &[u8], ip: &Layout) -> Vec<u8> {
+    let (src, dst) = endpoints(ip);
+    let datagram = &frame[ip.l3..];
+    let (proto, mut message, quote_len) = match ip.addrs {
+        Parsed::V4 { .. } => (
+            IPPROTO_ICMP,
+            vec![3, 13, 0, 0, 0, 0, 0, 0],
+            (ip.l4 - ip.l3 + 8).min(ip.datagram_len),
+        ),
+        _ => (
+            IPPROTO_ICMPV6,
+            vec![1, 1, 0, 0, 0, 0, 0, 0],
+            ip.datagram_len.min(ICMPV6_QUOTE).min(datagram.len()),
+        ),
+    };
+    message.extend(&datagram[..quote_len]);
+    let c = if proto == IPPROTO_ICMP {
+        internet_checksum(&[&message])
+    } else {
+        internet_checksum(&[&pseudo_header(dst, src, proto, message.len()), &message])
+    };
+    message[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut out = link_header_back(frame, ip);
+    out.extend(ip_header(dst, src, proto, message.len()));
+    out.extend(message);
+    out
+}
+
+/// The frame as it goes to the notice target: its MAC addresses, and no VLAN tags (they
+/// belong to the link the frame came in on); the IP packet and any padding unchanged.
+fn redirected(frame: &[u8], ip: &Layout, target: &NoticeTarget) -> Vec<u8> {
+    let mut out = target.dst_mac.to_vec();
+    out.extend(target.src_mac);
+    out.extend(&frame[ip.l3 - 2..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
+    use filter_common::NoticeTarget;
     use filter_common::action::{DROP, PASS};
 
     use super::*;
@@ -737,7 +1071,7 @@ mod tests {
                 action: DROP
             }
         );
-        assert_eq!(hit.xdp_action(), xdp::DROP);
+        assert_eq!(run(&c, &[], &v6).1, Sent::Dropped);
         // Without the source rule the hole decides.
         let c = compiled(&POLICY.replace("192.0.2.0/24", "198.51.100.0/24"));
         let hole = evaluate(&c, &v4);
@@ -748,7 +1082,7 @@ mod tests {
                 action: PASS
             }
         );
-        assert_eq!(hole.xdp_action(), xdp::PASS);
+        assert_eq!(run(&c, &[], &v4).1, Sent::Passed);
     }
 
     #[test]
@@ -758,19 +1092,19 @@ mod tests {
         miss[26..30].copy_from_slice(&[198, 51, 100, 1]); // source
         miss[30..34].copy_from_slice(&[198, 51, 100, 2]); // destination
         assert_eq!(evaluate(&c, &miss), Outcome::NoMatch);
-        assert_eq!(Outcome::NoMatch.xdp_action(), xdp::PASS);
+        assert_eq!(run(&c, &[], &miss).1.xdp_action(), xdp::PASS);
         let arp = eth(&[0x0806]);
         assert_eq!(evaluate(&c, &arp), Outcome::NonIp);
-        assert_eq!(Outcome::NonIp.xdp_action(), xdp::PASS);
+        assert_eq!(run(&c, &[], &arp).1.xdp_action(), xdp::PASS);
 
         let bad = eth(&[0x0800]);
         let dropped = evaluate(&c, &bad);
         assert_eq!(dropped, Outcome::Malformed { dropped: true }, "the default");
-        assert_eq!(dropped.xdp_action(), xdp::DROP);
+        assert_eq!(run(&c, &[], &bad).1.xdp_action(), xdp::DROP);
         let c = compiled(&format!("malformed = \"pass\"\n{POLICY}"));
         let passed = evaluate(&c, &bad);
         assert_eq!(passed, Outcome::Malformed { dropped: false });
-        assert_eq!(passed.xdp_action(), xdp::PASS);
+        assert_eq!(run(&c, &[], &bad).1.xdp_action(), xdp::PASS);
     }
 
     #[test]
@@ -786,10 +1120,178 @@ mod tests {
 
     #[test]
     fn unknown_actions_abort_like_the_program() {
-        let o = Outcome::Rule {
-            index: 0,
-            action: filter_common::action::REJECT,
+        let mut c = compiled(POLICY);
+        c.rules[0].action = 9;
+        let v6 = v6_frame(UDP, &[0; 8]);
+        assert_eq!(run(&c, &[], &v6).1, Sent::Aborted);
+        assert_eq!(Sent::Aborted.xdp_action(), xdp::ABORTED);
+    }
+
+    const REJECTING: &str = r#"
+[notice.main]
+interface = "lo"
+next_hop = "192.0.2.254"
+
+[[rule]]
+name = "refuse"
+action = "reject"
+prefixes = ["203.0.113.0/24", "2001:db8:1::/64"]
+
+[[rule]]
+name = "notice"
+action = "redirect"
+notice = "main"
+prefixes = ["198.51.100.0/24"]
+"#;
+
+    const TARGET: NoticeTarget = NoticeTarget {
+        ifindex: 1,
+        dst_mac: [0x02, 0xee, 0, 0, 0, 1],
+        src_mac: [0x02, 0xee, 0, 0, 0, 2],
+    };
+
+    /// A frame with one 802.1Q tag and an IPv4 TCP segment (`flags`) from SRC4 to `dst`.
+    fn tcp4(dst: [u8; 4], flags: u8, data: usize) -> Vec<u8> {
+        let mut f = eth(&[0x8100, 0x0800]);
+        let mut ip = ipv4(&[], 20 + data);
+        ip[9] = IPPROTO_TCP;
+        ip[16..20].copy_from_slice(&dst);
+        f.extend(ip[..20].iter());
+        let mut tcp = vec![0x9c, 0x40, 0x01, 0xbb]; // 40000 -> 443
+        tcp.extend(1000u32.to_be_bytes());
+        tcp.extend(7u32.to_be_bytes());
+        tcp.extend([0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        tcp.extend(std::iter::repeat_n(0xaa, data));
+        f.extend(tcp);
+        f
+    }
+
+    #[test]
+    fn a_syn_gets_a_reset_acknowledging_it_with_tags_kept_and_macs_swapped() {
+        let c = compiled(REJECTING);
+        let syn = tcp4(DST4, 0x02, 0);
+        let (outcome, sent) = run(&c, &[TARGET], &syn);
+        assert_eq!(
+            outcome,
+            Outcome::Rule {
+                index: 0,
+                action: filter_common::action::REJECT
+            }
+        );
+        let Sent::Answered(out) = sent else {
+            panic!("a SYN to a reject rule must be answered: {sent:?}")
         };
-        assert_eq!(o.xdp_action(), xdp::ABORTED);
+        assert_eq!(out.len(), 18 + 40);
+        assert_eq!(&out[..6], &syn[6..12], "MACs swapped");
+        assert_eq!(&out[6..12], &syn[..6]);
+        assert_eq!(&out[12..18], &syn[12..18], "the tag is kept");
+        let ip = &out[18..38];
+        assert_eq!(&ip[12..16], &DST4, "from the blocked destination");
+        assert_eq!(&ip[16..20], &SRC4);
+        assert_eq!(internet_checksum(&[ip]), 0, "IPv4 header checksum");
+        let tcp = &out[38..];
+        assert_eq!(&tcp[..4], &[0x01, 0xbb, 0x9c, 0x40], "ports swapped");
+        assert_eq!(&tcp[4..8], &0u32.to_be_bytes());
+        assert_eq!(&tcp[8..12], &1001u32.to_be_bytes(), "acknowledges the SYN");
+        assert_eq!(tcp[13], 0x14, "RST|ACK");
+        let pseudo = pseudo_header(DST4.into(), SRC4.into(), IPPROTO_TCP, 20);
+        assert_eq!(internet_checksum(&[&pseudo, tcp]), 0, "TCP checksum");
+        // An ACK gets a bare RST with its ack number as sequence number; data and FIN count
+        // towards the acknowledgement of anything else.
+        let Sent::Answered(out) = run(&c, &[], &tcp4(DST4, 0x10, 5)).1 else {
+            panic!("an ACK must be answered")
+        };
+        assert_eq!((&out[42..46], out[51]), (&7u32.to_be_bytes()[..], 0x04));
+        let Sent::Answered(out) = run(&c, &[], &tcp4(DST4, 0x01, 5)).1 else {
+            panic!("a FIN must be answered")
+        };
+        assert_eq!(&out[46..50], &1006u32.to_be_bytes());
+        // A reset is never answered.
+        assert_eq!(run(&c, &[], &tcp4(DST4, 0x04, 0)).1, Sent::Unanswered);
+    }
+
+    #[test]
+    fn udp_gets_icmp_quoting_the_header_and_8_bytes() {
+        let c = compiled(REJECTING);
+        let mut f = eth(&[0x0800]);
+        let mut ip = ipv4(&[1, 1, 1, 0], 30); // 4 bytes of options
+        ip[16..20].copy_from_slice(&DST4);
+        f.extend(&ip);
+        let Sent::Answered(out) = run(&c, &[], &f).1 else {
+            panic!("UDP to a reject rule must be answered")
+        };
+        let quote = &ip[..24 + 8];
+        assert_eq!(out.len(), 14 + 20 + 8 + quote.len());
+        assert_eq!(&out[14 + 28..], quote);
+        assert_eq!(&out[34..36], &[3, 13]);
+        assert_eq!(internet_checksum(&[&out[34..]]), 0, "ICMP checksum");
+        assert_eq!(u16::from_be_bytes([out[16], out[17]]), 28 + 32);
+    }
+
+    #[test]
+    fn ipv6_gets_icmpv6_quoting_at_most_64_bytes() {
+        let c = compiled(REJECTING);
+        let f = v6_frame(UDP, &[0x55; 100]);
+        let Sent::Answered(out) = run(&c, &[], &f).1 else {
+            panic!("IPv6 to a reject rule must be answered")
+        };
+        assert_eq!(out.len(), 14 + 48 + 64);
+        assert_eq!(&out[62..], &f[14..14 + 64]);
+        assert_eq!(&out[54..56], &[1, 1]);
+        let pseudo = pseudo_header(dst6().into(), src6().into(), IPPROTO_ICMPV6, 72);
+        assert_eq!(
+            internet_checksum(&[&pseudo, &out[54..]]),
+            0,
+            "ICMPv6 checksum"
+        );
+    }
+
+    #[test]
+    fn never_answered_destinations_and_sources() {
+        let c =
+            compiled("[[rule]]\nname = \"r\"\naction = \"reject\"\nprefixes = [\"0.0.0.0/0\"]\n");
+        let udp_to = |src: [u8; 4], dst: [u8; 4]| {
+            let mut f = v4_frame(&[0x0800]);
+            f[26..30].copy_from_slice(&src);
+            f[30..34].copy_from_slice(&dst);
+            f
+        };
+        assert!(matches!(
+            run(&c, &[], &udp_to(SRC4, DST4)).1,
+            Sent::Answered(_)
+        ));
+        for (src, dst) in [
+            (SRC4, [255, 255, 255, 255]),
+            (SRC4, [224, 0, 0, 1]),
+            (SRC4, [240, 0, 0, 1]),
+            (SRC4, [0, 0, 0, 1]),
+            ([127, 0, 0, 1], DST4),
+            ([239, 1, 1, 1], DST4),
+        ] {
+            assert_eq!(
+                run(&c, &[], &udp_to(src, dst)).1,
+                Sent::Unanswered,
+                "{src:?} -> {dst:?}"
+            );
+        }
+        let mut group = udp_to(SRC4, DST4);
+        group[0] = 0x01;
+        assert_eq!(run(&c, &[], &group).1, Sent::Unanswered, "Ethernet group");
+    }
+
+    #[test]
+    fn redirect_rewrites_the_macs_and_strips_the_tags() {
+        let c = compiled(REJECTING);
+        let mut f = tcp4([198, 51, 100, 9], 0x02, 0);
+        f[38 + 2..38 + 4].copy_from_slice(&80u16.to_be_bytes());
+        let (_, sent) = run(&c, &[TARGET], &f);
+        let mut want = TARGET.dst_mac.to_vec();
+        want.extend(TARGET.src_mac);
+        want.extend(&f[16..]);
+        assert_eq!(sent, Sent::Redirected(want));
+        assert_eq!(run(&c, &[], &f).1, Sent::RedirectFailed, "no target loaded");
+        // HTTPS is reset by default.
+        let https = tcp4([198, 51, 100, 9], 0x02, 0);
+        assert!(matches!(run(&c, &[TARGET], &https).1, Sent::Answered(_)));
     }
 }

@@ -35,6 +35,13 @@ action = "redirect"
 notice = "main"
 https = "notice"
 prefixes = ["233.252.0.0/24"]
+
+# Destinations no answer may ever come from: what a reject rule covering them must leave
+# unanswered. (233.252.0.0/24 above is multicast too, but a redirect rule's.)
+[[rule]]
+name = "refuse-groups"
+action = "reject"
+prefixes = ["0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4", "ff00::/8", "::/128"]
 "#;
 
 /// Where the test's notice target "sends" frames: BPF_PROG_TEST_RUN does not transmit, but
@@ -382,6 +389,95 @@ fn what_must_never_be_answered_is_dropped_and_counted() {
         let want = Effect::new(
             XDP_DROP,
             &["rule refuse", "reject", "reject_unanswered"],
+            input.len(),
+        );
+        assert_eq!(h.run(&input), want, "{name}");
+    }
+}
+
+#[test]
+fn packets_to_group_broadcast_or_reserved_destinations_are_never_answered() {
+    let h = harness();
+    let to_group_mac = |mac: [u8; 6], f: Frame| {
+        let mut b = f.build();
+        b[..6].copy_from_slice(&mac);
+        b
+    };
+    let syn = L4::TcpSyn {
+        sport: 40000,
+        dport: 80,
+    };
+    let cases = [
+        // Ethernet group and broadcast destinations, to an address a reject rule covers.
+        (
+            "Ethernet broadcast",
+            "refuse",
+            to_group_mac([0xff; 6], Frame::v4(CLIENT4, REJECT4)),
+        ),
+        (
+            "Ethernet multicast (IPv4 group MAC)",
+            "refuse",
+            to_group_mac(
+                [0x01, 0x00, 0x5e, 0, 0, 1],
+                Frame::v4(CLIENT4, REJECT4).l4(syn.clone()),
+            ),
+        ),
+        (
+            "Ethernet multicast (IPv6 group MAC)",
+            "refuse",
+            to_group_mac([0x33, 0x33, 0, 0, 0, 1], Frame::v6(CLIENT6, REJECT6)),
+        ),
+        // IP destinations.
+        (
+            "v4 limited broadcast",
+            "refuse-groups",
+            Frame::v4(CLIENT4, Ipv4Addr::BROADCAST).build(),
+        ),
+        (
+            "v4 multicast",
+            "refuse-groups",
+            Frame::v4(CLIENT4, Ipv4Addr::new(224, 0, 0, 251)).build(),
+        ),
+        (
+            "v4 multicast TCP",
+            "refuse-groups",
+            Frame::v4(CLIENT4, Ipv4Addr::new(239, 255, 255, 250))
+                .l4(syn.clone())
+                .build(),
+        ),
+        (
+            "v4 reserved 240/4",
+            "refuse-groups",
+            Frame::v4(CLIENT4, Ipv4Addr::new(240, 0, 0, 1)).build(),
+        ),
+        (
+            "v4 this network 0/8",
+            "refuse-groups",
+            Frame::v4(CLIENT4, Ipv4Addr::new(0, 1, 2, 3)).build(),
+        ),
+        (
+            "v6 multicast",
+            "refuse-groups",
+            Frame::v6(CLIENT6, "ff02::1".parse().unwrap()).build(),
+        ),
+        (
+            "v6 multicast TCP",
+            "refuse-groups",
+            Frame::v6(CLIENT6, "ff05::1:3".parse().unwrap())
+                .l4(syn)
+                .build(),
+        ),
+        (
+            "v6 unspecified",
+            "refuse-groups",
+            Frame::v6(CLIENT6, Ipv6Addr::UNSPECIFIED).build(),
+        ),
+    ];
+    for (name, rule, input) in cases {
+        let rule = format!("rule {rule}");
+        let want = Effect::new(
+            XDP_DROP,
+            &[rule.as_str(), "reject", "reject_unanswered"],
             input.len(),
         );
         assert_eq!(h.run(&input), want, "{name}");

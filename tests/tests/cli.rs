@@ -394,3 +394,120 @@ fn a_policy_larger_than_the_tables_is_refused_and_changes_nothing() {
         "a policy that does not fit changes nothing"
     );
 }
+
+#[test]
+fn an_unsafe_state_dir_or_a_planted_lock_symlink_is_refused() {
+    let env = Env::new();
+    let good = env.file("good.toml", GOOD);
+    let victim = env.file("victim", "precious\n");
+
+    // A state directory owned by someone else (nobody could plant a symlink in it).
+    let foreign = env.dir.join("foreign-state");
+    std::fs::create_dir_all(&foreign).expect("state dir");
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).expect("chown");
+    let out = Command::new(edgeblock_bin())
+        .arg("--pin-root")
+        .arg(env.bpffs.pin_root())
+        .arg("--state-dir")
+        .arg(&foreign)
+        .args(["apply", path(&good)])
+        .output()
+        .expect("run edgeblock");
+    assert!(!out.status.success(), "must refuse: {}", text(&out));
+    assert!(text(&out).contains("owned by uid 65534"), "{}", text(&out));
+
+    // `lock` planted as a symlink to another file.
+    std::os::unix::fs::symlink(&victim, env.bpffs.state_dir().join("lock")).expect("symlink");
+    env.fails(&["apply", path(&good)], &["lock", "is a symbolic link"]);
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious\n",
+        "the symlink's target must be left alone"
+    );
+    std::fs::remove_file(env.bpffs.state_dir().join("lock")).expect("remove the symlink");
+    env.ok(&["apply", path(&good)]);
+}
+
+/// `edgeblock ARGS` as nobody (uid 65534, no capabilities), with the test's pin root.
+fn unprivileged(env: &Env, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(edgeblock_bin())
+        .arg("--pin-root")
+        .arg(env.bpffs.pin_root())
+        .arg("--state-dir")
+        .arg(env.bpffs.state_dir())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running setpriv (util-linux): {e}"))
+}
+
+#[test]
+fn unprivileged_runs_check_and_are_told_what_the_rest_needs() {
+    let env = Env::new();
+    // Readable by nobody, outside the private bpffs dir.
+    let dir = std::env::temp_dir().join(format!("edgeblock-unpriv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("policy dir");
+    let good = dir.join("good.toml");
+    std::fs::write(&good, GOOD).expect("policy");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    env.ok(&["apply", path(&good)]);
+    let before = env.snapshot();
+
+    for args in [
+        &["check", "--offline", path(&good)][..],
+        &["check", path(&good)],
+    ] {
+        let out = unprivileged(&env, args);
+        assert!(
+            out.status.success(),
+            "{args:?} needs no privileges: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains("OK"), "{}", text(&out));
+    }
+    // Reading the pins; loading or changing them.
+    let read: &[&str] = &[
+        "needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN",
+        "this process (uid 65534) lacks CAP_BPF, CAP_NET_ADMIN",
+    ];
+    let change: &[&str] = &[
+        "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
+        "lacks CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON",
+    ];
+    let cases = [
+        (&["status"][..], read),
+        (&["stats"], read),
+        (&["lookup", "203.0.113.9"], read),
+        (&["apply", "--dry-run", path(&good)], read),
+        (&["apply", path(&good)], change),
+        (&["attach", "lo"], change),
+        (&["detach", "--all"], change),
+    ];
+    for (args, needles) in cases {
+        let out = unprivileged(&env, args);
+        assert!(!out.status.success(), "{args:?} must fail unprivileged");
+        for needle in needles {
+            assert!(
+                text(&out).contains(needle),
+                "{args:?}: lacks {needle:?}: {}",
+                text(&out)
+            );
+        }
+    }
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "nothing unprivileged may change the filter"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,9 +1,14 @@
 //! Differential testing: the real XDP program, run through BPF_PROG_TEST_RUN, against the
 //! reference matcher (`edgeblock::reference`) on random policies and random frames.
 //!
-//! For every frame both must agree on the XDP verdict AND on which counters moved, by how many
-//! packets and bytes: a rule counter (by rule name) plus its action's total, or no-match, or
-//! non-IP, or malformed (plus malformed-dropped when the policy drops malformed frames).
+//! For every frame both must agree on the XDP verdict, on which counters moved, by how many
+//! packets and bytes (a rule counter, by rule name, plus its action's total, plus
+//! reject-unanswered or redirect-failed; or no-match, or non-IP, or malformed, plus
+//! malformed-dropped when the policy drops malformed frames), and on the bytes that leave: the
+//! `reject` answer (TCP reset, ICMP or ICMPv6 unreachable) or the `redirect`ed frame, byte for
+//! byte, and a passed frame unchanged. Random policies hold all four actions; redirect rules
+//! use one notice target, loaded with the loopback device as `tests/tests/actions.rs` does,
+//! and the `reject` rate limit is set out of reach (the reference does not model it).
 //!
 //! Applying a policy costs thousands of syscalls, so the run is N policies x M frames: the
 //! program is loaded once, each random policy is applied with `edgeblock::apply::apply`, and
@@ -43,16 +48,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use common::{Effect, Harness};
+use common::{Effect, Harness, parse_policy};
 use edgeblock::{
-    compile::{Compiled, action_name},
+    compile::{Compiled, action_name, compile},
     policy::Direction,
-    reference::{self, Outcome, Parsed},
+    reference::{self, Outcome, Parsed, Sent},
 };
 use edgeblock_tests::{
     packet::{ETH_P_8021AD, ETH_P_8021Q, Ext, Frame, L3, L4, V4, V6},
     require_root,
 };
+use filter_common::NoticeTarget;
 
 mod common;
 use proptest::{
@@ -160,10 +166,62 @@ impl PrefixSpec {
     }
 }
 
+/// A rule's action. `redirect` is for destinations only (the policy refuses it on sources):
+/// a source rule drawn with it becomes a `reject`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ActionSpec {
+    Pass,
+    Drop,
+    Reject,
+    /// `https_notice`: `https = "notice"` (redirect HTTPS too) rather than the default reset.
+    Redirect {
+        https_notice: bool,
+    },
+}
+
+impl ActionSpec {
+    fn for_direction(self, src: bool) -> Self {
+        match self {
+            Self::Redirect { .. } if src => Self::Reject,
+            other => other,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Drop => "drop",
+            Self::Reject => "reject",
+            Self::Redirect { .. } => "redirect",
+        }
+    }
+
+    /// The rule's lines after `action`.
+    fn extra(self) -> &'static str {
+        match self {
+            Self::Redirect { https_notice: true } => "\nnotice = \"main\"\nhttps = \"notice\"",
+            Self::Redirect {
+                https_notice: false,
+            } => "\nnotice = \"main\"",
+            _ => "",
+        }
+    }
+}
+
+/// Blocking actions: drop half the time, so the drop/pass coverage stays what it was.
+fn blocking_action() -> impl Strategy<Value = ActionSpec> {
+    prop_oneof![
+        4 => Just(ActionSpec::Drop),
+        2 => Just(ActionSpec::Reject),
+        1 => Just(ActionSpec::Redirect { https_notice: false }),
+        1 => Just(ActionSpec::Redirect { https_notice: true }),
+    ]
+}
+
 #[derive(Clone, Debug)]
 struct RuleSpec {
     src: bool,
-    drop: bool,
+    action: ActionSpec,
     prefixes: Vec<PrefixSpec>,
 }
 
@@ -176,6 +234,8 @@ struct CarveSpec {
     base: Index,
     /// (which of its prefixes, how much longer: bits for IPv4, nibbles for IPv6).
     prefixes: Vec<(Index, u8)>,
+    /// The action when carving out of a `pass` rule.
+    block: ActionSpec,
 }
 
 #[derive(Clone, Debug)]
@@ -193,7 +253,11 @@ impl PolicySpec {
             let base = self.rules.get(carve.base.index(self.rules.len().max(1)))?;
             Some(RuleSpec {
                 src: base.src,
-                drop: !base.drop,
+                action: if base.action == ActionSpec::Pass {
+                    carve.block.for_direction(base.src)
+                } else {
+                    ActionSpec::Pass
+                },
                 prefixes: carve
                     .prefixes
                     .iter()
@@ -216,6 +280,12 @@ impl PolicySpec {
         if let Some(m) = self.malformed {
             writeln!(out, "malformed = \"{m}\"").expect("write to a String");
         }
+        // A reject rate limit the run never reaches (the reference does not model it), and
+        // the notice target redirect rules use (loaded with the NOTICE device).
+        out.push_str(
+            "reject_rate = 1000000\nreject_burst = 100000\n\
+             [notice.main]\ninterface = \"lo\"\nnext_hop = \"192.0.2.254\"\n",
+        );
         let mut taken: BTreeSet<(bool, String)> = BTreeSet::new();
         let mut emitted = 0;
         for rule in &self.all_rules() {
@@ -230,12 +300,14 @@ impl PolicySpec {
             }
             taken.extend(prefixes.iter().map(|p| (rule.src, p.clone())));
             let direction = if rule.src { "src" } else { "dst" };
-            let action = if rule.drop { "drop" } else { "pass" };
+            let action = rule.action.for_direction(rule.src);
+            let name = action.name();
             let quoted: Vec<String> = prefixes.iter().map(|p| format!("\"{p}\"")).collect();
             writeln!(
                 out,
-                "\n[[rule]]\nname = \"r{emitted}-{direction}-{action}\"\ndirection = \
-                 \"{direction}\"\naction = \"{action}\"\nprefixes = [{}]",
+                "\n[[rule]]\nname = \"r{emitted}-{direction}-{name}\"\ndirection = \
+                 \"{direction}\"\naction = \"{name}\"{}\nprefixes = [{}]",
+                action.extra(),
                 quoted.join(", ")
             )
             .expect("write to a String");
@@ -256,15 +328,25 @@ fn prefix_spec() -> impl Strategy<Value = PrefixSpec> {
 }
 
 fn policy_spec() -> impl Strategy<Value = PolicySpec> {
-    let rule = (weighted(0.35), weighted(0.5), vec(prefix_spec(), 1..=4)).prop_map(
-        |(src, drop, prefixes)| RuleSpec {
-            src,
-            drop,
+    let action = prop_oneof![Just(ActionSpec::Pass), blocking_action()];
+    let rule =
+        (weighted(0.35), action, vec(prefix_spec(), 1..=4)).prop_map(|(src, action, prefixes)| {
+            RuleSpec {
+                src,
+                action: action.for_direction(src),
+                prefixes,
+            }
+        });
+    let carve = (
+        any::<Index>(),
+        vec((any::<Index>(), 1u8..=16), 1..=3),
+        blocking_action(),
+    )
+        .prop_map(|(base, prefixes, block)| CarveSpec {
+            base,
             prefixes,
-        },
-    );
-    let carve = (any::<Index>(), vec((any::<Index>(), 1u8..=16), 1..=3))
-        .prop_map(|(base, prefixes)| CarveSpec { base, prefixes });
+            block,
+        });
     (
         prop_oneof![Just(None), Just(Some("drop")), Just(Some("pass"))],
         vec(rule, 0..=6),
@@ -366,6 +448,8 @@ enum Case {
         lie: Option<Lie>,
         patches: Vec<(bool, Index, u8)>,
         cut: Option<Index>,
+        /// Sent to an Ethernet group address (the I/G bit set), which `reject` never answers.
+        group: bool,
     },
     /// Random bytes behind an Ethernet header with a chosen EtherType.
     Garbage { ethertype: u16, bytes: Vec<u8> },
@@ -379,8 +463,12 @@ impl Case {
                 lie,
                 patches,
                 cut,
+                group,
             } => {
                 let mut b = frame.build();
+                if *group {
+                    b[0] |= 1;
+                }
                 let field = match frame.l3 {
                     L3::V4(_) => Some(frame.l3_offset() + 2),
                     L3::V6(_) => Some(frame.l3_offset() + 4),
@@ -487,7 +575,12 @@ fn l4() -> impl Strategy<Value = L4> {
                 payload
             }
         ),
-        (any::<u16>(), any::<u16>()).prop_map(|(sport, dport)| L4::TcpSyn { sport, dport }),
+        // Port 443 often: redirect rules reset HTTPS unless they say otherwise.
+        (
+            any::<u16>(),
+            prop_oneof![1 => Just(443u16), 1 => Just(80), 2 => any::<u16>()]
+        )
+            .prop_map(|(sport, dport)| L4::TcpSyn { sport, dport }),
         (proto, vec(any::<u8>(), 0..=64)).prop_map(|(proto, bytes)| L4::Raw { proto, bytes }),
     ]
 }
@@ -528,12 +621,14 @@ fn case(pools: &Pools) -> impl Strategy<Value = Case> + use<> {
         option::weighted(0.12, lie),
         patches,
         option::weighted(0.12, any::<Index>()),
+        weighted(0.03),
     )
-        .prop_map(|(frame, lie, patches, cut)| Case::Built {
+        .prop_map(|(frame, lie, patches, cut, group)| Case::Built {
             frame,
             lie,
             patches,
             cut,
+            group,
         });
     let garbage = (
         prop_oneof![
@@ -549,8 +644,8 @@ fn case(pools: &Pools) -> impl Strategy<Value = Case> + use<> {
 // ---------------------------------------------------------------------------------------------
 // What a frame did: the verdict and every counter that moved.
 
-/// What the reference says `outcome` does to a `len`-byte frame.
-fn expected(compiled: &Compiled, outcome: Outcome, len: usize) -> Effect {
+/// What the reference says `outcome` and `sent` do to a `len`-byte frame.
+fn expected(compiled: &Compiled, outcome: Outcome, sent: &Sent, len: usize) -> Effect {
     let one = (1, len as u64);
     let mut moved = BTreeMap::new();
     match outcome {
@@ -575,14 +670,43 @@ fn expected(compiled: &Compiled, outcome: Outcome, len: usize) -> Effect {
             }
         }
     }
+    match sent {
+        Sent::Unanswered => {
+            moved.insert("reject_unanswered".to_owned(), one);
+        }
+        Sent::RedirectFailed => {
+            moved.insert("redirect_failed".to_owned(), one);
+        }
+        _ => {}
+    }
     Effect {
-        verdict: outcome.xdp_action(),
+        verdict: sent.xdp_action(),
         moved,
     }
 }
 
-/// Run one frame through the program and the reference; the outcome if they agree.
-fn check(harness: &Harness, compiled: &Compiled, case: &Case) -> Result<Outcome, TestCaseError> {
+/// Where redirect rules send frames: BPF_PROG_TEST_RUN does not transmit, but the device map
+/// needs a real device, and loopback always exists.
+const NOTICE: NoticeTarget = NoticeTarget {
+    ifindex: 1,
+    dst_mac: [0x02, 0xee, 0, 0, 0, 0x01],
+    src_mac: [0x02, 0xee, 0, 0, 0, 0x02],
+};
+
+/// Apply a policy, with [`NOTICE`] for each notice target it uses; the targets as loaded.
+fn apply(harness: &mut Harness, text: &str) -> (Compiled, Vec<NoticeTarget>) {
+    let used = compile(&parse_policy(text, "test.toml")).notices.len();
+    let targets = vec![NOTICE; used];
+    (harness.apply_with_targets(text, &targets), targets)
+}
+
+/// Run one frame through the program and the reference; what happened if they agree on the
+/// verdict, the counters and the bytes sent (also: a passed frame is left as it was).
+fn check(
+    harness: &Harness,
+    (compiled, targets): &(Compiled, Vec<NoticeTarget>),
+    case: &Case,
+) -> Result<(Outcome, Sent), TestCaseError> {
     let frame = case.bytes();
     if frame.len() >= MAX_FRAME {
         return Err(TestCaseError::fail(format!(
@@ -590,15 +714,30 @@ fn check(harness: &Harness, compiled: &Compiled, case: &Case) -> Result<Outcome,
             frame.len()
         )));
     }
-    let outcome = reference::evaluate(compiled, &frame);
-    let want = expected(compiled, outcome, frame.len());
-    let got = harness.run(&frame);
-    if got == want {
-        Ok(outcome)
+    let (outcome, sent) = reference::run(compiled, targets, &frame);
+    let want = expected(compiled, outcome, &sent, frame.len());
+    let (got, out) = harness.run_with_output(&frame);
+    let want_bytes = match &sent {
+        Sent::Passed => Some(frame.as_slice()),
+        other => other.bytes(),
+    };
+    let bytes_agree = want_bytes.is_none_or(|w| w == out.as_slice());
+    if got == want && bytes_agree {
+        Ok((outcome, sent))
     } else {
+        let bytes = match want_bytes {
+            Some(w) if w != out.as_slice() => format!(
+                "\n  the frames sent differ:\n  program ({} bytes):\n{}  reference ({} bytes):\n{}",
+                out.len(),
+                hex_dump(&out),
+                w.len(),
+                hex_dump(w)
+            ),
+            _ => String::new(),
+        };
         Err(TestCaseError::fail(format!(
             "the program and the reference disagree\n  program:   {got}\n  reference: {want}\n  \
-             reference outcome: {outcome:?}, parsed as {:?}",
+             reference outcome: {outcome:?}, parsed as {:?}{bytes}",
             reference::parse(&frame)
         )))
     }
@@ -607,7 +746,7 @@ fn check(harness: &Harness, compiled: &Compiled, case: &Case) -> Result<Outcome,
 // ---------------------------------------------------------------------------------------------
 // Coverage: how often each kind of outcome happened.
 
-fn classify(compiled: &Compiled, frame: &[u8], outcome: Outcome) -> String {
+fn classify(compiled: &Compiled, frame: &[u8], outcome: Outcome, sent: &Sent) -> String {
     let (family, dst, src) = match reference::parse(frame) {
         Parsed::V4 { src, dst } => ("v4", IpAddr::V4(dst), IpAddr::V4(src)),
         Parsed::V6 { src, dst } => ("v6", IpAddr::V6(dst), IpAddr::V6(src)),
@@ -641,12 +780,19 @@ fn classify(compiled: &Compiled, frame: &[u8], outcome: Outcome) -> String {
             })
     });
     if nested {
-        let other = if what == "pass" { "drop" } else { "pass" };
+        let other = if what == "pass" { "block" } else { "pass" };
         kind.push_str(&format!(", inside a wider {other}"));
     }
-    // Precedence at work: a source drop that beats a destination pass.
+    // Precedence at work: a source block that beats a destination pass.
     if direction == Direction::Src && compiled.resolve(Direction::Dst, dst).rule.is_some() {
         kind.push_str(", over a dst pass");
+    }
+    match sent {
+        Sent::Answered(_) => kind.push_str(", answered"),
+        Sent::Unanswered => kind.push_str(", unanswered"),
+        Sent::Redirected(_) => kind.push_str(", redirected"),
+        Sent::RedirectFailed => kind.push_str(", redirect failed"),
+        Sent::Passed | Sent::Dropped | Sent::Aborted => {}
     }
     kind
 }
@@ -662,18 +808,28 @@ const MUST_SEE: &[&str] = &[
     "v4 drop by src",
     "v4 drop by src, over a dst pass",
     "v4 pass by dst",
-    "v4 pass by dst, inside a wider drop",
+    "v4 pass by dst, inside a wider block",
     "v4 pass by src",
-    "v4 pass by src, inside a wider drop",
+    "v4 pass by src, inside a wider block",
     "v6 no match",
     "v6 drop by dst",
     "v6 drop by dst, inside a wider pass",
     "v6 drop by src",
     "v6 drop by src, over a dst pass",
     "v6 pass by dst",
-    "v6 pass by dst, inside a wider drop",
+    "v6 pass by dst, inside a wider block",
     "v6 pass by src",
-    "v6 pass by src, inside a wider drop",
+    "v6 pass by src, inside a wider block",
+    "v4 reject by dst, answered",
+    "v4 reject by dst, unanswered",
+    "v4 reject by src, answered",
+    "v6 reject by dst, answered",
+    "v6 reject by dst, unanswered",
+    "v6 reject by src, answered",
+    "v4 redirect by dst, redirected",
+    "v4 redirect by dst, answered",
+    "v6 redirect by dst, redirected",
+    "v6 redirect by dst, answered",
 ];
 // ---------------------------------------------------------------------------------------------
 // The run.
@@ -800,13 +956,13 @@ fn program_agrees_with_the_reference() {
             .new_tree(&mut policies)
             .unwrap_or_else(|e| panic!("cannot generate a policy: {e}"));
         let spec = tree.current();
-        let compiled = harness.borrow_mut().apply(&spec.to_toml());
+        let applied = apply(&mut harness.borrow_mut(), &spec.to_toml());
         let frames = case(&Pools::new(&spec));
         let mut runner =
             TestRunner::new_with_rng(runner_config(settings.frames), policies.new_rng());
         let result = runner.run(&frames, |case| {
-            let outcome = check(&harness.borrow(), &compiled, &case)?;
-            let kind = classify(&compiled, &case.bytes(), outcome);
+            let (outcome, sent) = check(&harness.borrow(), &applied, &case)?;
+            let kind = classify(&applied.0, &case.bytes(), outcome, &sent);
             *seen.borrow_mut().entry(kind).or_default() += 1;
             Ok(())
         });
@@ -820,8 +976,8 @@ fn program_agrees_with_the_reference() {
         // applied last, which no longer matters: the test fails here).
         let mut shrinker = TestRunner::new_with_rng(runner_config(1), policies.new_rng());
         let shrunk = shrinker.run_one(tree, |spec| {
-            let compiled = harness.borrow_mut().apply(&spec.to_toml());
-            check(&harness.borrow(), &compiled, &case).map(drop)
+            let applied = apply(&mut harness.borrow_mut(), &spec.to_toml());
+            check(&harness.borrow(), &applied, &case).map(drop)
         });
         match shrunk {
             Err(TestError::Fail(why, spec)) => {

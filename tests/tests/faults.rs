@@ -633,10 +633,11 @@ fn interfaces(env: &Env) -> (Vec<(String, bool)>, String) {
     (list, env.ok(&["status"]))
 }
 
-#[test]
-fn removed_link_pins_are_reported_and_attach_restores_filtering() {
-    let env = Env::new("pinedge");
-    let peer = Netns::new("pinpeer");
+/// An edge namespace with `ebp0`, a peer namespace with `ebp1` on the other end, and the
+/// `block-peer` policy applied (not attached): the peer's pings reach the edge.
+fn edge_and_peer(edge: &str, peer_role: &str) -> (Env, Netns, PathBuf) {
+    let env = Env::new(edge);
+    let peer = Netns::new(peer_role);
     env.ns.ip([
         "link",
         "add",
@@ -664,6 +665,93 @@ fn removed_link_pins_are_reported_and_attach_restores_filtering() {
         !filtering(&env, &peer),
         "not attached yet: nothing is filtered"
     );
+    (env, peer, policy)
+}
+
+#[test]
+fn a_removed_program_pin_is_reported_and_attach_pins_the_running_program_again() {
+    let (env, peer, policy) = edge_and_peer("progedge", "progpeer");
+    env.ok(&["attach", "ebp0"]);
+    let program_id = env.status()["program_id"].as_u64().expect("program_id");
+    assert!(
+        filtering(&env, &peer),
+        "attached: the peer's pings are dropped"
+    );
+    let prog = env.pins().prog();
+    let pinged = || ping(&peer, IpAddr::V4(EDGE_ADDR), 1, Duration::from_secs(1));
+
+    // The program pin removed: the link keeps the program running. Status says so, and what
+    // to do, instead of "not loaded".
+    std::fs::remove_file(&prog).unwrap_or_else(|e| panic!("rm {}: {e}", prog.display()));
+    assert!(!pinged(), "the link still filters without the program pin");
+    let out = env.run(&["status"]);
+    assert!(!out.status.success(), "status must not pretend all is well");
+    for needle in [
+        "is missing, but edgeblock still filters ebp0",
+        &format!("program id {program_id}"),
+        "edgeblock attach ebp0",
+    ] {
+        assert!(
+            text(&out).contains(needle),
+            "status lacks {needle:?}: {}",
+            text(&out)
+        );
+    }
+    // attach pins the running program again: same id, nothing reattached.
+    let out = env.ok(&["attach", "ebp0"]);
+    assert!(out.contains("already attached to ebp0"), "{out}");
+    assert!(prog.exists(), "attach must pin the program again");
+    assert_eq!(env.status()["program_id"].as_u64(), Some(program_id));
+    assert_eq!(interfaces(&env).0, [("ebp0".to_owned(), true)]);
+    assert!(
+        filtering(&env, &peer),
+        "still filtering, counted by the same maps"
+    );
+
+    // The same with `apply` first: it pins the running program too, rather than loading a
+    // second one beside it.
+    std::fs::remove_file(&prog).unwrap_or_else(|e| panic!("rm {}: {e}", prog.display()));
+    env.ok(&["apply", path(&policy)]);
+    assert_eq!(env.status()["program_id"].as_u64(), Some(program_id));
+    assert_eq!(interfaces(&env).0, [("ebp0".to_owned(), true)]);
+
+    // What an older edgeblock left behind: the link runs the old program while a new one is
+    // pinned (here made by hiding the link pin while `apply` loads). Status names the mismatch;
+    // attach swaps the link to the pinned program atomically.
+    let link = env.pins().links_dir().join("ebp0@native");
+    let hidden = env.bpffs.pin_root().join("hidden-link");
+    std::fs::remove_file(&prog).unwrap_or_else(|e| panic!("rm {}: {e}", prog.display()));
+    std::fs::rename(&link, &hidden).expect("hide the link pin");
+    env.ok(&["apply", path(&policy)]);
+    std::fs::rename(&hidden, &link).expect("restore the link pin");
+    let new_id = env.status()["program_id"].as_u64().expect("program_id");
+    assert_ne!(new_id, program_id, "apply loaded a second program");
+    let (list, status) = interfaces(&env);
+    assert_eq!(list, [("ebp0".to_owned(), false)]);
+    assert!(
+        status.contains(&format!("RUNS PROGRAM id {program_id}, not the pinned one"))
+            && status.contains("edgeblock attach ebp0"),
+        "{status}"
+    );
+    assert!(
+        filtering(&env, &peer),
+        "the old program still filters, with the same maps"
+    );
+    let out = env.ok(&["attach", "ebp0"]);
+    assert!(
+        out.contains(&format!("ebp0 ran program id {program_id}"))
+            && out.contains(&format!("switched it to program id {new_id}")),
+        "{out}"
+    );
+    assert_eq!(interfaces(&env).0, [("ebp0".to_owned(), true)]);
+    assert!(filtering(&env, &peer), "filtering after the switch");
+    env.ok(&["detach", "ebp0"]);
+    assert!(!filtering(&env, &peer), "detached");
+}
+
+#[test]
+fn removed_link_pins_are_reported_and_attach_restores_filtering() {
+    let (env, peer, _policy) = edge_and_peer("pinedge", "pinpeer");
     let attach = || {
         let out = env.ok(&["attach", "ebp0"]);
         assert!(out.contains("attached to ebp0 in native mode"), "{out}");

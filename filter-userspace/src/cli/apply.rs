@@ -101,7 +101,11 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     let verified = signing::check(&files, &policy, &trust)
         .context("nothing was changed")
         .map_err(|e| rec.refused(hash, e))?;
-    let _lock = if args.dry_run { None } else { Some(g.lock()?) };
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(g.lock("apply")?)
+    };
     // The runtime blocks (`edgeblock block`) stay on top of whatever policy is applied; the
     // lockout check and the notice targets are those of the merged policy.
     let store = BlockStore::new(&g.data_dir);
@@ -134,15 +138,14 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     let (compiled, targets) = (&prepared.compiled, &prepared.targets);
     let pins = g.pins();
     // A dry run before anything is loaded diffs against nothing; otherwise it reads the kernel.
-    let mut filter = if args.dry_run && !pins.exists() {
+    // Without privileges the pins may be there but out of sight: opening them says so.
+    let unseen = || edgeblock::privileges::lacking(edgeblock::privileges::Need::Read).is_some();
+    let mut filter = if args.dry_run && !pins.exists() && !unseen() {
         None
     } else if args.dry_run {
-        Some(Filter::open(&pins)?)
+        Some(g.open("apply --dry-run")?)
     } else {
-        Some(
-            Filter::load_or_open(&pins)
-                .with_context(|| format!("loading edgeblock under {}", pins.root().display()))?,
-        )
+        Some(g.load_or_open("apply")?)
     };
     let live = match &filter {
         Some(f) => Live::read(&f.maps).context("reading the live maps")?,

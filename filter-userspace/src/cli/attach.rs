@@ -2,7 +2,7 @@ use anyhow::Context as _;
 use edgeblock::{
     audit::{Action, Entry},
     compile::hash_hex,
-    loader::{AttachMode, Attached, Filter},
+    loader::{AttachMode, Attached},
 };
 
 use super::Global;
@@ -20,10 +20,8 @@ pub struct Args {
 
 pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     let mut log = g.audit_log()?;
-    let _lock = g.lock()?;
-    let pins = g.pins();
-    let mut filter = Filter::load_or_open(&pins)
-        .with_context(|| format!("loading edgeblock under {}", pins.root().display()))?;
+    let _lock = g.lock("attach")?;
+    let mut filter = g.load_or_open("attach")?;
     match filter.attach(&args.iface, args.mode)? {
         Attached::New(mode) => {
             println!(
@@ -45,6 +43,15 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
                     args.iface
                 )
             })?;
+        }
+        Attached::Replaced { mode, old } => {
+            println!(
+                "{} ran program id {old}, not the pinned one; switched it to program id {} in \
+                 {} mode, without a gap",
+                args.iface,
+                filter.program_id()?,
+                mode.as_str()
+            );
         }
         Attached::Already(mode) => {
             println!(

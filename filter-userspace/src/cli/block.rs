@@ -11,7 +11,6 @@ use anyhow::{Context as _, bail};
 use edgeblock::{
     apply::apply,
     enforce::{prepare, unix},
-    loader::Filter,
     policy::{self, Policy},
     runtime::{BlockAction, BlockDirection, BlockStore, RuntimeBlock},
     snapshot,
@@ -91,7 +90,7 @@ pub fn block(g: &Global, args: BlockArgs) -> anyhow::Result<()> {
         added: now,
         expires,
     };
-    let _lock = g.lock()?;
+    let _lock = g.lock("block")?;
     let store = BlockStore::new(&g.data_dir);
     let mut blocks = current(&store, now)?;
     let replaced = match blocks
@@ -124,7 +123,7 @@ pub fn block(g: &Global, args: BlockArgs) -> anyhow::Result<()> {
 
 pub fn unblock(g: &Global, args: UnblockArgs) -> anyhow::Result<()> {
     let now = now();
-    let _lock = g.lock()?;
+    let _lock = g.lock("unblock")?;
     let store = BlockStore::new(&g.data_dir);
     let mut blocks = current(&store, now)?;
     let before = blocks.len();
@@ -240,9 +239,7 @@ fn relayer(
             prepared.lockout.len()
         );
     }
-    let pins = g.pins();
-    let mut filter = Filter::load_or_open(&pins)
-        .with_context(|| format!("loading edgeblock under {}", pins.root().display()))?;
+    let mut filter = g.load_or_open("block")?;
     apply(
         &mut filter.maps,
         &prepared.compiled,

@@ -3,6 +3,7 @@ use edgeblock::{
     audit::{Action, Entry},
     compile::hash_hex,
     loader::{Filter, purge},
+    privileges::Need,
 };
 
 use super::Global;
@@ -23,7 +24,7 @@ pub struct Args {
 
 pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     let mut log = g.audit_log()?;
-    let _lock = g.lock()?;
+    let _lock = g.lock("detach")?;
     let pins = g.pins();
     let record = |log: &mut edgeblock::audit::Log,
                   iface: Option<&str>,
@@ -49,7 +50,7 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
                 .and_then(|f| live_hash(&f).ok().flatten()),
             false => None,
         };
-        purge(&pins)?;
+        purge(&pins).map_err(|e| super::privileged("detach --purge", Need::Change, e.into()))?;
         println!(
             "detached everywhere and removed the program and maps under {}",
             pins.root().display()
@@ -63,7 +64,7 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         )?;
         return Ok(());
     }
-    let mut filter = Filter::open(&pins)?;
+    let mut filter = g.open("detach")?;
     let hash = live_hash(&filter)?;
     let ifaces: Vec<String> = match args.iface {
         Some(i) => vec![i],

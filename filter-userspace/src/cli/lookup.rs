@@ -1,6 +1,6 @@
 use std::net::IpAddr;
 
-use edgeblock::{compile::action_name, loader::Filter, maps::decode_name};
+use edgeblock::{compile::action_name, maps::decode_name};
 use filter_common::{RuleEntry, direction};
 
 use super::Global;
@@ -14,7 +14,7 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
-    let filter = Filter::open(&g.pins())?;
+    let filter = g.open("lookup")?;
     let m = &filter.maps;
     let (dst, src) = match args.addr {
         IpAddr::V4(_) => (

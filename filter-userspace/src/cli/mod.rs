@@ -21,8 +21,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use edgeblock::{
     audit::{Actor, Log},
+    loader::Filter,
     lock::{DEFAULT_STATE_DIR, Lock},
     pins::{DEFAULT_PIN_ROOT, Pins},
+    privileges::Need,
     signing::{DEFAULT_TRUSTED_DIR, TrustStore},
 };
 
@@ -68,11 +70,29 @@ impl Global {
         Pins::new(&self.pin_root)
     }
 
-    fn lock(&self) -> anyhow::Result<Lock> {
-        Lock::acquire(&self.state_dir, self.lock_timeout, |holder| {
+    fn lock(&self, verb: &str) -> anyhow::Result<Lock> {
+        let lock = Lock::acquire(&self.state_dir, self.lock_timeout, |holder| {
             eprintln!("waiting for another edgeblock ({holder}) to finish...");
-        })
-        .context("another edgeblock invocation is changing state")
+        });
+        match lock {
+            Err(e @ edgeblock::lock::LockError::Timeout { .. }) => {
+                Err(anyhow::Error::new(e).context("another edgeblock invocation is changing state"))
+            }
+            other => other.map_err(|e| privileged(verb, Need::Change, e.into())),
+        }
+    }
+
+    /// Open the pinned program and maps, for commands that only read them.
+    fn open(&self, verb: &str) -> anyhow::Result<Filter> {
+        Filter::open(&self.pins()).map_err(|e| privileged(verb, Need::Read, e.into()))
+    }
+
+    /// Open the pinned program and maps, loading them first when absent.
+    fn load_or_open(&self, verb: &str) -> anyhow::Result<Filter> {
+        let pins = self.pins();
+        Filter::load_or_open(&pins)
+            .with_context(|| format!("loading edgeblock under {}", pins.root().display()))
+            .map_err(|e| privileged(verb, Need::Change, e))
     }
 
     fn actor(&self) -> Actor {
@@ -97,6 +117,15 @@ impl Global {
                 self.trusted_dir.display()
             )
         })
+    }
+}
+
+/// A failure of BPF work, explained by what this process lacks when it lacks something
+/// (`edgeblock status` as a normal user would otherwise say "not loaded" or pass on EPERM).
+fn privileged(verb: &str, need: Need, error: anyhow::Error) -> anyhow::Error {
+    match edgeblock::privileges::lacking(need) {
+        Some(why) => error.context(format!("edgeblock {verb} failed: {why}")),
+        None => error,
     }
 }
 

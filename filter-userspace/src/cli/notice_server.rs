@@ -69,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.tls_listen.is_empty() {
         for rule in notices.https_rules() {
             eprintln!(
-                "note: rule \"{rule}\" sends HTTPS visitors here (https = \"notice\"), but \
+                "note: rule {rule:?} sends HTTPS visitors here (https = \"notice\"), but \
                  there is no --tls-listen to answer them"
             );
         }

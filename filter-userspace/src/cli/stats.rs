@@ -1,6 +1,5 @@
 use edgeblock::{
     compile::action_name,
-    loader::Filter,
     maps::{CounterJson, GlobalStats, decode_name},
 };
 use serde::Serialize;
@@ -32,7 +31,7 @@ struct Stats {
 }
 
 pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
-    let filter = Filter::open(&g.pins())?;
+    let filter = g.open("stats")?;
     let mut rules = Vec::new();
     for (id, meta) in filter.maps.rule_metas()? {
         let c = filter.maps.rule_counter(id)?;

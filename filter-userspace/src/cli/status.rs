@@ -1,7 +1,6 @@
-use aya::programs::links::PinnedLink;
 use edgeblock::{
     compile::hash_hex,
-    loader::{Filter, link_is_live},
+    loader::{link_is_live, link_program_id},
 };
 use serde::Serialize;
 
@@ -31,8 +30,12 @@ struct Status {
 struct Iface {
     name: String,
     mode: &'static str,
-    /// False when the pin exists but the kernel no longer runs the link (interface gone).
+    /// False when the pin exists but the kernel no longer runs the link (interface gone), or
+    /// the link runs another program than the pinned one.
     healthy: bool,
+    /// Set when the link filters with another program than the pinned one (the program pin
+    /// was removed and a new program loaded): `attach` switches it.
+    running_program_id: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -58,21 +61,19 @@ struct MapMem {
 }
 
 pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
-    let filter = Filter::open(&g.pins())?;
+    let filter = g.open("status")?;
     let program_id = filter.program_id()?;
     let interfaces = filter
         .links()?
         .into_iter()
         .map(|l| {
-            let healthy = link_is_live(&l)
-                && PinnedLink::from_pin(&l.path)
-                    .ok()
-                    .and_then(|p| aya::programs::links::FdLink::from(p).info().ok())
-                    .is_some_and(|info| info.program_id() == program_id);
+            let live = link_is_live(&l);
+            let running = link_program_id(&l.path);
             Iface {
+                healthy: live && running == Some(program_id),
+                running_program_id: running.filter(|id| live && *id != program_id),
                 name: l.iface,
                 mode: l.mode.as_str(),
-                healthy,
             }
         })
         .collect();
@@ -124,10 +125,14 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         println!("interfaces: none (not filtering)");
     }
     for i in &status.interfaces {
-        let health = if i.healthy {
-            ""
-        } else {
-            "  NOT RUNNING (interface gone or link broken)"
+        let health = match (i.healthy, i.running_program_id) {
+            (true, _) => String::new(),
+            (false, Some(other)) => format!(
+                "  RUNS PROGRAM id {other}, not the pinned one (its pin was removed); run \
+                 `edgeblock attach {}` to switch it",
+                i.name
+            ),
+            (false, None) => "  NOT RUNNING (interface gone or link broken)".to_owned(),
         };
         println!("interface:  {} ({} mode){health}", i.name, i.mode);
     }

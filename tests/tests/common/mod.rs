@@ -170,7 +170,9 @@ impl Harness {
 
     /// The verdict and the frame as the program left it.
     pub fn run_out(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; 4096];
+        // Room for the frame and anything a rewrite adds to it (a too small buffer fails the
+        // run with ENOSPC).
+        let mut out = vec![0u8; frame.len() + 4096];
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
@@ -189,8 +191,13 @@ impl Harness {
 
     /// The verdict and the counters one frame moved.
     pub fn run(&self, frame: &[u8]) -> Effect {
+        self.run_with_output(frame).0
+    }
+
+    /// The verdict, the counters one frame moved, and the frame as the program left it.
+    pub fn run_with_output(&self, frame: &[u8]) -> (Effect, Vec<u8>) {
         let before = self.counters();
-        let verdict = self.verdict(frame);
+        let (verdict, out) = self.run_out(frame);
         let moved = self
             .counters()
             .into_iter()
@@ -199,6 +206,6 @@ impl Harness {
                 ((p1, b1) != (p0, b0)).then(|| (name, (p1.wrapping_sub(p0), b1.wrapping_sub(b0))))
             })
             .collect();
-        Effect { verdict, moved }
+        (Effect { verdict, moved }, out)
     }
 }
