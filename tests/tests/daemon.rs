@@ -146,6 +146,15 @@ impl Env {
     fn scrape(&self) -> String {
         try_scrape(&self.topo).expect("the metrics endpoint must answer")
     }
+
+    /// The audit records, oldest first, after checking the chain.
+    fn audit(&self) -> Vec<serde_json::Value> {
+        self.ok(&["audit", "verify"]);
+        self.ok(&["audit", "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
 }
 
 fn next_log() -> u32 {
@@ -442,6 +451,111 @@ fn policy_edits_follow_the_valid_versions_only() {
         !env.reachable(ORIGIN_BLOCKED_V4),
         "after SIGTERM the filter stays"
     );
+
+    // The audit trail: the start, each applied version, the refused one (naming its
+    // file:line), and nothing for the SIGHUP that changed nothing.
+    let records = env.audit();
+    let actions: Vec<&str> = records
+        .iter()
+        .map(|r| r["action"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        actions,
+        ["attach", "apply", "apply", "refused", "apply"],
+        "{records:#?}"
+    );
+    assert!(
+        records[3]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&line)),
+        "{:#}",
+        records[3]
+    );
+    assert_eq!(
+        records[2]["policy_hash_before"],
+        records[1]["policy_hash_after"]
+    );
+    assert_eq!(
+        records[4]["policy_hash_before"],
+        records[2]["policy_hash_after"]
+    );
+    let three = records[4]["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|c| c["rule"] == "three"))
+        .unwrap_or_else(|| panic!("v3 adds rule three: {:#}", records[4]));
+    assert_eq!(three["added"]["first"][0], "203.0.113.9/32", "{three}");
+}
+
+/// With trusted keys, the daemon applies only versions signed by one of them: an unsigned
+/// edit is refused (and audited) and the signed version before it stays in force.
+#[test]
+fn with_trusted_keys_the_daemon_applies_only_signed_versions() {
+    let env = Env::new();
+    let key = env.bpffs.dir().join("keys").join("alice");
+    env.ok(&["keygen", "--out", key.to_str().expect("utf-8")]);
+    fs::copy(
+        key.with_extension("pub"),
+        env.bpffs.trusted_dir().join("alice.pub"),
+    )
+    .expect("trust alice");
+    let sign = || {
+        env.ok(&[
+            "sign",
+            env.policy.to_str().expect("utf-8"),
+            "--key",
+            key.with_extension("key").to_str().expect("utf-8"),
+        ])
+    };
+    env.write_policy(&policy_blocking(&[("one", "203.0.113.9/32")]));
+    sign();
+    let daemon = env.start();
+    assert!(!env.reachable(ORIGIN_BLOCKED_V4), "the signed v1 blocks .9");
+
+    // Unsigned v2 (the old signature no longer matches): refused, v1 stays.
+    env.replace_policy(&policy_blocking(&[("two", "203.0.113.5/32")]));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while metric(&env.scrape(), "edgeblock_reload_errors_total", &[]) != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the unsigned version was not refused:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!env.reachable(ORIGIN_BLOCKED_V4), "v1 stays in force");
+    assert!(
+        env.reachable(ORIGIN_EXCEPTION_V4),
+        "the unsigned v2 changed nothing"
+    );
+
+    // Signed v2: applied.
+    sign();
+    env.await_reachable(
+        ORIGIN_EXCEPTION_V4,
+        false,
+        Duration::from_secs(3),
+        "signed v2",
+    );
+    assert!(env.reachable(ORIGIN_BLOCKED_V4), "signed v2 replaced v1");
+    drop(daemon);
+
+    let records = env.audit();
+    let refused = records
+        .iter()
+        .find(|r| r["action"] == "refused")
+        .unwrap_or_else(|| panic!("a refused record: {records:#?}"));
+    assert!(
+        refused["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("altered after it was signed")),
+        "{refused:#}"
+    );
+    let last = records.last().expect("records");
+    assert_eq!(last["action"], "apply", "{records:#?}");
+    assert!(
+        last["signers"].as_array().is_some_and(|s| !s.is_empty()),
+        "{last:#}"
+    );
 }
 
 #[test]
@@ -690,6 +804,40 @@ fn runtime_blocks_work_with_and_without_the_daemon() {
         "unblocked without the daemon"
     );
     assert!(!env.cli(&["unblock", "203.0.113.5"]).status.success());
+    // Each change by hand is audited: who, why, and the prefixes it moved; so is the refusal.
+    let records = env.audit();
+    let blocks: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| ["block", "unblock", "refused"].contains(&r["action"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        blocks
+            .iter()
+            .map(|r| r["action"].as_str().unwrap_or("?"))
+            .collect::<Vec<_>>(),
+        ["block", "refused", "unblock"],
+        "{records:#?}"
+    );
+    assert_eq!(blocks[0]["operator"], "bob", "{:#}", blocks[0]);
+    assert!(
+        blocks[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("ticket 42")),
+        "{:#}",
+        blocks[0]
+    );
+    assert!(
+        blocks[0].to_string().contains("203.0.113.5/32"),
+        "the diff names the prefix: {:#}",
+        blocks[0]
+    );
+    assert!(
+        blocks[1]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("lockout")),
+        "{:#}",
+        blocks[1]
+    );
 
     // With the daemon: the CLI changes the maps, the daemon takes the layer as its own and
     // expires a --ttl block by itself.

@@ -86,7 +86,7 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         log: if args.dry_run {
             None
         } else {
-            Some(g.audit_log()?)
+            Some(g.audit_log("apply")?)
         },
         policy: args.policy.display().to_string(),
     };
@@ -109,7 +109,10 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     // The runtime blocks (`edgeblock block`) stay on top of whatever policy is applied; the
     // lockout check and the notice targets are those of the merged policy.
     let store = BlockStore::new(&g.data_dir);
-    let blocks = store.load().context("reading the runtime blocks")?;
+    let blocks = store
+        .load()
+        .context("reading the runtime blocks")
+        .map_err(|e| super::privileged("apply", edgeblock::privileges::Need::Read, e))?;
     let now_ts = now();
     let prepared = prepare(&policy, &blocks, store.path(), now_ts)
         .with_context(|| format!("{}: nothing was changed", args.policy.display()))

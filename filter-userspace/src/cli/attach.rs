@@ -19,7 +19,7 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
-    let mut log = g.audit_log()?;
+    let mut log = g.audit_log("attach")?;
     let _lock = g.lock("attach")?;
     let mut filter = g.load_or_open("attach")?;
     match filter.attach(&args.iface, args.mode)? {

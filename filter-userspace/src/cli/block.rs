@@ -10,6 +10,8 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context as _, bail};
 use edgeblock::{
     apply::apply,
+    audit::{self, Action, Entry},
+    compile::hash_hex,
     enforce::{prepare, unix},
     policy::{self, Policy},
     runtime::{BlockAction, BlockDirection, BlockStore, RuntimeBlock},
@@ -106,7 +108,18 @@ pub fn block(g: &Global, args: BlockArgs) -> anyhow::Result<()> {
             false
         }
     };
-    relayer(g, &store, blocks, now)?;
+    let mut entry = Entry::new(&g.actor(), Action::Block);
+    entry.detail = Some(format!(
+        "{} {} {}: {}{}",
+        new.action,
+        new.direction,
+        new.prefix,
+        new.reason,
+        new.expires
+            .map(|e| format!(", until {e}"))
+            .unwrap_or_default()
+    ));
+    relayer(g, &store, blocks, now, entry)?;
     println!(
         "{} {} {} {} ({}){}",
         if replaced { "updated:" } else { "blocked:" },
@@ -136,7 +149,9 @@ pub fn unblock(g: &Global, args: UnblockArgs) -> anyhow::Result<()> {
             args.prefix
         );
     }
-    relayer(g, &store, blocks, now)?;
+    let mut entry = Entry::new(&g.actor(), Action::Unblock);
+    entry.detail = Some(format!("{} ({removed} block(s))", args.prefix));
+    relayer(g, &store, blocks, now, entry)?;
     println!(
         "unblocked: {} ({removed} block(s), by {})",
         args.prefix,
@@ -214,12 +229,18 @@ fn current(store: &BlockStore, now: Timestamp) -> anyhow::Result<Vec<RuntimeBloc
 
 /// Apply the last applied policy with `blocks` on top, then record `blocks`. Nothing changes
 /// when the merged policy fails the lockout check. Called under the lock.
+///
+/// `entry` describes the change for the audit log: it is recorded with the hashes and the
+/// prefix diff once the maps hold the change, or as refused when the lockout check stops it.
 fn relayer(
     g: &Global,
     store: &BlockStore,
     blocks: Vec<RuntimeBlock>,
     now: Timestamp,
+    mut entry: Entry,
 ) -> anyhow::Result<()> {
+    // A change that could not be recorded is not made: the log is opened first.
+    let mut log = g.audit_log("block")?;
     let policy = match snapshot::load(&g.data_dir, now) {
         Some(Ok(p)) => p,
         Some(Err(errors)) => bail!(
@@ -233,14 +254,32 @@ fn relayer(
         for p in &prepared.lockout {
             eprintln!("{p}");
         }
+        let problems = prepared.lockout.len();
+        let what = entry.detail.take().unwrap_or_default();
+        let verb = entry.action.as_str();
+        entry.action = Action::Refused;
+        entry.detail = Some(format!(
+            "{verb} {what}: {problems} lockout problem(s): {}",
+            prepared
+                .lockout
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+        log.append(entry)
+            .context("recording the refusal in the audit log")?;
         bail!(
-            "refusing: {} lockout problem(s); runtime blocks get the same protection as policy \
-             rules; nothing was changed",
-            prepared.lockout.len()
+            "refusing: {problems} lockout problem(s); runtime blocks get the same protection as \
+             policy rules; nothing was changed"
         );
     }
     let mut filter = g.load_or_open("block")?;
-    apply(
+    let before = filter
+        .maps
+        .config()
+        .context("reading the live policy hash")?;
+    let plan = apply(
         &mut filter.maps,
         &prepared.compiled,
         &prepared.targets,
@@ -254,6 +293,11 @@ fn relayer(
         "the maps hold the change but recording it failed, so the next apply will undo it; \
          check --data-dir",
     )?;
+    entry.policy_hash_before = (before.generation > 0).then(|| hash_hex(&before.policy_hash));
+    entry.policy_hash_after = Some(hash_hex(&prepared.compiled.hash));
+    entry.rules = audit::rule_changes(&plan, &prepared.merged);
+    log.append(entry)
+        .context("the change is in force, but recording it in the audit log failed")?;
     if filter.links()?.is_empty() {
         println!("note: not attached to any interface yet; run `edgeblock attach IFACE`");
     }

@@ -23,7 +23,7 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
-    let mut log = g.audit_log()?;
+    let mut log = g.audit_log("detach")?;
     let _lock = g.lock("detach")?;
     let pins = g.pins();
     let record = |log: &mut edgeblock::audit::Log,

@@ -101,13 +101,15 @@ impl Global {
 
     /// The audit log, opened before anything changes: a change that could not be recorded is
     /// not made.
-    fn audit_log(&self) -> anyhow::Result<Log> {
-        Log::open(&self.data_dir).with_context(|| {
-            format!(
-                "opening the audit log under {} (--data-dir); nothing was changed",
-                self.data_dir.display()
-            )
-        })
+    fn audit_log(&self, verb: &str) -> anyhow::Result<Log> {
+        Log::open(&self.data_dir)
+            .with_context(|| {
+                format!(
+                    "opening the audit log under {} (--data-dir); nothing was changed",
+                    self.data_dir.display()
+                )
+            })
+            .map_err(|e| privileged(verb, Need::Change, e))
     }
 
     fn trust(&self) -> anyhow::Result<TrustStore> {

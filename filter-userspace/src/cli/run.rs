@@ -79,6 +79,8 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         pins: g.pins(),
         state_dir: g.state_dir.clone(),
         data_dir: g.data_dir.clone(),
+        trusted_dir: g.trusted_dir.clone(),
+        operator: g.operator.clone(),
         lock_timeout: g.lock_timeout,
         repair_interval: args.repair_interval,
         debounce: args.debounce,

@@ -64,6 +64,12 @@ pub enum Event {
         rules_removed: Vec<String>,
         /// Nothing differed: the maps already held it.
         unchanged: bool,
+        /// The hash in force before, if any.
+        hash_before: Option<String>,
+        /// Per rule, the prefixes gained and lost, with the rule's reference and reason.
+        changes: Vec<crate::audit::RuleChange>,
+        /// Trusted keys that signed the policy file.
+        signers: Vec<String>,
     },
     /// A policy version (or runtime layer) was not applied; the previous one stays.
     Refused {
@@ -134,6 +140,7 @@ impl Event {
                 rules_added,
                 rules_removed,
                 unchanged,
+                ..
             } => tracing::info!(
                 event = "applied",
                 trigger = trigger.as_str(),

@@ -29,6 +29,7 @@ use metrics::DaemonStats;
 
 use crate::{
     apply::apply,
+    audit::{self, Action, Actor, Entry, Log},
     compile::hash_hex,
     enforce::{prepare, unix},
     loader::{AttachMode, Filter, LoaderError},
@@ -37,6 +38,7 @@ use crate::{
     pins::Pins,
     policy::{self, Policy},
     runtime::{BlockStore, RuntimeBlock, RuntimeError, create_private_dir, next_expiry},
+    signing::{self, LoadError, TrustStore},
     snapshot,
 };
 
@@ -52,6 +54,10 @@ pub struct Config {
     pub pins: Pins,
     pub state_dir: PathBuf,
     pub data_dir: PathBuf,
+    /// Trusted public keys: when it holds any, every policy version must be signed.
+    pub trusted_dir: PathBuf,
+    /// Who the audit records name (default: $SUDO_USER, $USER, uid).
+    pub operator: Option<String>,
     pub lock_timeout: Duration,
     /// How often pins and links are checked.
     pub repair_interval: Duration,
@@ -70,6 +76,10 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Refused(String),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Signature(#[from] crate::signing::SignatureError),
     #[error(transparent)]
     Loader(#[from] LoaderError),
     #[error(transparent)]
@@ -123,6 +133,12 @@ struct Daemon {
     watch: watch::Watch,
     /// Interfaces whose repair failed, so a persistent failure is logged once.
     broken: BTreeSet<String>,
+    /// Every change and refusal is appended here (`edgeblock audit`).
+    audit: Log,
+    actor: Actor,
+    trust: TrustStore,
+    /// Who signed the last good policy.
+    signers: Vec<String>,
 }
 
 async fn main_loop(mut config: Config) -> Result<(), DaemonError> {
@@ -245,14 +261,22 @@ const MAX_EXPIRY_SLEEP: Duration = Duration::from_secs(60);
 impl Daemon {
     fn start(config: Config, store: BlockStore, watch: watch::Watch) -> Result<Self, DaemonError> {
         let now = Timestamp::now();
-        let (policy, refused) = match policy::load(&config.policy, now) {
-            Ok(p) => (p, None),
-            Err(errors) => match snapshot::load(&config.data_dir, now) {
-                Some(Ok(p)) => (p, Some(errors.to_string())),
+        // A change that could not be recorded is not made: the log opens first.
+        let audit = Log::open(&config.data_dir)?;
+        let trust = TrustStore::load(&config.trusted_dir)?;
+        // An invalid or badly signed file falls back to the last applied policy, which passed
+        // the same checks when it was applied.
+        let (policy, signers, refused) = match signing::load_checked(&config.policy, now, &trust) {
+            Ok((p, verified)) => (p, verified.map(|v| v.signers).unwrap_or_default(), None),
+            Err(error) => match snapshot::load(&config.data_dir, now) {
+                Some(Ok(p)) => (p, Vec::new(), Some(error.to_string())),
                 _ => {
-                    return Err(DaemonError::Policy {
-                        path: config.policy.clone(),
-                        errors,
+                    return Err(match error {
+                        LoadError::Invalid(errors) => DaemonError::Policy {
+                            path: config.policy.clone(),
+                            errors,
+                        },
+                        LoadError::Signature(e) => DaemonError::Signature(e),
                     });
                 }
             },
@@ -263,6 +287,7 @@ impl Daemon {
             let filter = Filter::load_or_open(&config.pins)?;
             (filter, adopted)
         };
+        let config_operator = config.operator.clone();
         let mut daemon = Self {
             stats: DaemonStats {
                 interfaces: config
@@ -279,6 +304,10 @@ impl Daemon {
             store,
             watch,
             broken: BTreeSet::new(),
+            actor: Actor::current(config_operator.as_deref()),
+            audit,
+            trust,
+            signers: Vec::new(),
         };
         daemon.record(Event::Started {
             policy: daemon.config.policy.clone(),
@@ -296,7 +325,7 @@ impl Daemon {
         // Apply before attaching: a freshly loaded filter goes on the wire already holding
         // the policy, never empty.
         daemon
-            .enforce(Trigger::Start, policy)
+            .enforce(Trigger::Start, policy, signers)
             .map_err(DaemonError::Refused)?;
         daemon.watch_policy_files();
         let _lock = lock(&daemon.config)?;
@@ -311,6 +340,13 @@ impl Daemon {
     /// through.
     fn record(&mut self, event: Event) {
         event.log();
+        if let Some(entry) = self.audit_entry(&event)
+            && let Err(e) = self.audit.append(entry)
+        {
+            // The change is in force already (or was refused); say loudly that its record
+            // is missing rather than undo it.
+            tracing::error!(event = "audit-failed", error = %e, "could not record the change in the audit log");
+        }
         match &event {
             Event::Applied { .. } => self.stats.last_reload = Some((Timestamp::now(), true)),
             Event::Refused { .. } => {
@@ -320,6 +356,99 @@ impl Daemon {
             Event::Repaired { .. } => self.stats.repairs += 1,
             _ => {}
         }
+    }
+
+    /// The audit record of an event, if it changed what the filter does or refused a change.
+    /// Runtime blocks are recorded by `edgeblock block`/`unblock`, which make that change;
+    /// the daemon records their expiry.
+    fn audit_entry(&self, event: &Event) -> Option<Entry> {
+        let policy = Some(self.config.policy.display().to_string());
+        let entry = |action| Entry::new(&self.actor, action);
+        match event {
+            Event::Applied {
+                trigger,
+                hash,
+                unchanged: false,
+                hash_before,
+                changes,
+                signers,
+                ..
+            } => Some(Entry {
+                policy,
+                policy_hash_before: hash_before.clone(),
+                policy_hash_after: Some(hash.clone()),
+                signers: signers.clone(),
+                rules: changes.clone(),
+                detail: Some(format!("edgeblock run ({trigger})")),
+                ..entry(if *trigger == Trigger::Expiry {
+                    Action::Expiry
+                } else {
+                    Action::Apply
+                })
+            }),
+            Event::Refused {
+                trigger, errors, ..
+            } => Some(Entry {
+                policy,
+                policy_hash_before: self.live_hash(),
+                detail: Some(format!("edgeblock run ({trigger}): {errors}")),
+                ..entry(Action::Refused)
+            }),
+            Event::Started {
+                interfaces,
+                adopted,
+                ..
+            } => Some(Entry {
+                policy,
+                policy_hash_before: self.live_hash(),
+                interface: Some(interfaces.join(",")),
+                detail: Some(format!(
+                    "edgeblock run started ({})",
+                    if *adopted {
+                        "adopted the pinned filter"
+                    } else {
+                        "loaded the filter"
+                    }
+                )),
+                ..entry(Action::Attach)
+            }),
+            Event::Repaired { what } => Some(Entry {
+                detail: Some(format!("edgeblock run repaired: {what}")),
+                ..entry(Action::Attach)
+            }),
+            Event::Stopping { detached } if !detached.is_empty() => Some(Entry {
+                interface: Some(detached.join(",")),
+                detail: Some("edgeblock run stopped with --detach-on-exit".into()),
+                ..entry(Action::Detach)
+            }),
+            Event::RuleExpired {
+                rule,
+                location,
+                expires,
+            } => Some(Entry {
+                policy,
+                detail: Some(format!("rule {rule:?} ({location}) expired at {expires}")),
+                ..entry(Action::Expiry)
+            }),
+            Event::BlockExpired { block } => Some(Entry {
+                detail: Some(format!(
+                    "runtime block {} {} {} ({}, by {}) expired",
+                    block.action, block.direction, block.prefix, block.reason, block.who
+                )),
+                ..entry(Action::Expiry)
+            }),
+            _ => None,
+        }
+    }
+
+    /// The hash of the policy in force, if any.
+    fn live_hash(&self) -> Option<String> {
+        self.filter
+            .maps
+            .config()
+            .ok()
+            .filter(|c| c.generation > 0)
+            .map(|c| hash_hex(&c.policy_hash))
     }
 
     fn refused(&mut self, trigger: Trigger, errors: String) {
@@ -332,16 +461,17 @@ impl Daemon {
 
     /// Reread the policy file; an invalid version is refused and the last good one stays.
     fn reload_policy(&mut self, trigger: Trigger) {
-        match policy::load(&self.config.policy, Timestamp::now()) {
-            Ok(p) => {
+        match signing::load_checked(&self.config.policy, Timestamp::now(), &self.trust) {
+            Ok((p, verified)) => {
                 for note in &p.notes {
                     tracing::info!(event = "note", policy = %self.config.policy.display(), "{note}");
                 }
-                if self.enforce(trigger, p).is_ok() {
+                let signers = verified.map(|v| v.signers).unwrap_or_default();
+                if self.enforce(trigger, p, signers).is_ok() {
                     self.watch_policy_files();
                 }
             }
-            Err(errors) => self.refused(trigger, errors.to_string()),
+            Err(error) => self.refused(trigger, error.to_string()),
         }
     }
 
@@ -350,7 +480,7 @@ impl Daemon {
         match self.store.load() {
             Ok(blocks) if blocks == self.blocks => {}
             Ok(_) => {
-                let _ = self.enforce(Trigger::Blocks, self.policy.clone());
+                let _ = self.enforce(Trigger::Blocks, self.policy.clone(), self.signers.clone());
             }
             Err(e) => self.refused(Trigger::Blocks, e.to_string()),
         }
@@ -359,11 +489,17 @@ impl Daemon {
     /// Merge the runtime layer (read now, under the lock) onto `policy`, check it and apply
     /// it. On success `policy` becomes the last good one and is recorded for the CLI; on
     /// failure nothing changes and the error is recorded.
-    fn enforce(&mut self, trigger: Trigger, policy: Policy) -> Result<(), String> {
-        let result = self.try_enforce(trigger, &policy);
+    fn enforce(
+        &mut self,
+        trigger: Trigger,
+        policy: Policy,
+        signers: Vec<String>,
+    ) -> Result<(), String> {
+        let result = self.try_enforce(trigger, &policy, &signers);
         match result {
             Ok(event) => {
                 self.policy = policy;
+                self.signers = signers;
                 self.record(event);
                 Ok(())
             }
@@ -374,7 +510,12 @@ impl Daemon {
         }
     }
 
-    fn try_enforce(&mut self, trigger: Trigger, policy: &Policy) -> Result<Event, String> {
+    fn try_enforce(
+        &mut self,
+        trigger: Trigger,
+        policy: &Policy,
+        signers: &[String],
+    ) -> Result<Event, String> {
         let _lock = lock(&self.config).map_err(|e| e.to_string())?;
         let now = Timestamp::now();
         let mut blocks = self.store.load().map_err(|e| e.to_string())?;
@@ -400,6 +541,7 @@ impl Daemon {
                 list.len()
             ));
         }
+        let before = self.live_hash();
         let plan = apply(
             &mut self.filter.maps,
             &prepared.compiled,
@@ -439,9 +581,12 @@ impl Daemon {
             prefixes_added: added,
             prefixes_removed: removed,
             prefixes_changed: changed,
+            changes: audit::rule_changes(&plan, &prepared.merged),
             rules_added: plan.rules_added,
             rules_removed: plan.rules_removed,
             unchanged,
+            hash_before: before,
+            signers: signers.to_vec(),
         })
     }
 
@@ -475,7 +620,10 @@ impl Daemon {
         }
         let mut policy = self.policy.clone();
         policy.rules.retain(|r| r.expires.is_none_or(|e| e > now));
-        if self.enforce(Trigger::Expiry, policy).is_ok() {
+        if self
+            .enforce(Trigger::Expiry, policy, self.signers.clone())
+            .is_ok()
+        {
             for event in rules {
                 self.record(event);
             }
@@ -484,7 +632,11 @@ impl Daemon {
 
     /// Watch the policy file and every file its rules' prefixes came from.
     fn watch_policy_files(&mut self) {
-        let mut files: BTreeSet<PathBuf> = BTreeSet::from([self.config.policy.clone()]);
+        // The signature beside the policy too: signing a version is what makes it apply.
+        let mut files: BTreeSet<PathBuf> = BTreeSet::from([
+            self.config.policy.clone(),
+            signing::sig_path(&self.config.policy),
+        ]);
         for rule in &self.policy.rules {
             files.extend(rule.prefixes.iter().map(|p| p.location.file.clone()));
         }

@@ -57,7 +57,8 @@ pub fn run(d: &mut Daemon) {
                 });
                 drop(_lock);
                 let policy = d.policy.clone();
-                let _ = d.enforce(Trigger::Repair, policy);
+                let signers = d.signers.clone();
+                let _ = d.enforce(Trigger::Repair, policy, signers);
                 return;
             }
             Err(e) => {
