@@ -86,12 +86,21 @@ impl Live {
     }
 
     fn referenced_ids(&self) -> BTreeSet<u32> {
-        let mut ids: BTreeSet<u32> = self.metas.keys().copied().collect();
-        ids.extend(self.dst_v4.values().map(|e| e.rule_id));
-        ids.extend(self.src_v4.values().map(|e| e.rule_id));
-        ids.extend(self.dst_v6.values().map(|e| e.rule_id));
-        ids.extend(self.src_v6.values().map(|e| e.rule_id));
-        ids
+        // A flag per id, not a set insert per prefix: the tables hold millions.
+        let mut seen = vec![false; MAX_RULES as usize];
+        let mut mark = |id: u32| {
+            if let Some(s) = seen.get_mut(id as usize) {
+                *s = true;
+            }
+        };
+        self.metas.keys().for_each(|&id| mark(id));
+        for e in self.dst_v4.values().chain(self.src_v4.values()) {
+            mark(e.rule_id);
+        }
+        for e in self.dst_v6.values().chain(self.src_v6.values()) {
+            mark(e.rule_id);
+        }
+        (0..MAX_RULES).filter(|&id| seen[id as usize]).collect()
     }
 }
 
@@ -118,16 +127,31 @@ impl<P: Copy + Ord> TableDiff<P> {
             remove: vec![],
             desired_len: desired.len(),
         };
-        for (p, new) in desired {
-            match live.get(p) {
-                None => d.add.push((*p, *new)),
-                Some(old) if old != new => d.change.push((*p, *old, *new)),
-                Some(_) => {}
-            }
-        }
-        for (p, old) in live {
-            if !desired.contains_key(p) {
-                d.remove.push((*p, *old));
+        // A merge of the two sorted maps: linear, where a lookup per prefix into a million-entry
+        // tree costs a cache miss each.
+        let (mut l, mut w) = (live.iter().peekable(), desired.iter().peekable());
+        loop {
+            match (l.peek(), w.peek()) {
+                (None, None) => break,
+                (Some((lp, old)), Some((wp, new))) if lp == wp => {
+                    if old != new {
+                        d.change.push((**wp, **old, **new));
+                    }
+                    l.next();
+                    w.next();
+                }
+                (Some((lp, old)), Some((wp, _))) if lp < wp => {
+                    d.remove.push((**lp, **old));
+                    l.next();
+                }
+                (Some((lp, old)), None) => {
+                    d.remove.push((**lp, **old));
+                    l.next();
+                }
+                (_, Some((wp, new))) => {
+                    d.add.push((**wp, **new));
+                    w.next();
+                }
             }
         }
         d

@@ -461,7 +461,7 @@ impl Maps {
     ) -> Result<BTreeMap<F::Net, RuleEntry>, MapsError> {
         let copy = self.active()?;
         let mut entries: BTreeMap<u32, RuleEntry> = BTreeMap::new();
-        let mut out = BTreeMap::new();
+        let mut out = Vec::new();
         for r in ranges.record_slice(copy, direction) {
             let Some((net, id)) = F::unrecord(r) else {
                 continue;
@@ -477,9 +477,10 @@ impl Maps {
                     e
                 }
             };
-            out.insert(net, entry);
+            out.push((net, entry));
         }
-        Ok(out)
+        // The record is in ascending order: collecting builds the tree in one pass.
+        Ok(out.into_iter().collect())
     }
 
     /// Prefixes of a direction in the active copy.

@@ -591,16 +591,6 @@ mod imp {
             .clone()
             .context("--out is set by `cargo xtask bench`")?;
         let cli_bin = build_edgeblock(Profile::Release)?;
-        // The default tables hold about a million IPv4 prefixes; the largest size needs more
-        // (each prefix makes at most two ranges, each chunk one). Every edgeblock this run
-        // loads, in process or through the CLI, reads it.
-        let largest = plan.v4_sizes.iter().copied().max().unwrap_or(0);
-        let ranges = 2 * largest + filter_common::dxr::DIRECT_LEN as usize;
-        if ranges > filter_common::dxr::DEFAULT_DST_RANGES as usize {
-            // SAFETY: set before this process starts any thread.
-            unsafe { std::env::set_var("EDGEBLOCK_V4_DST_RANGES", ranges.to_string()) };
-        }
-
         eprintln!(
             "generating {} IPv4 and {} IPv6 prefixes",
             count(plan.v4_needed()),
@@ -644,8 +634,23 @@ mod imp {
                 pin_root: bpffs.pin_root().join("scaling"),
                 state_dir: bpffs.state_dir(),
             };
-            let mut filter =
-                Filter::load_or_open(&k::pins(&bpffs, "scaling")).context("loading edgeblock")?;
+            // The default tables hold about a million IPv4 prefixes; the largest size needs
+            // more (each prefix makes at most two ranges, each chunk one). Only this filter is
+            // loaded that large: the control-plane part reports the default's memory.
+            let largest = plan.v4_sizes.iter().copied().max().unwrap_or(0);
+            let ranges = 2 * largest + filter_common::dxr::DIRECT_LEN as usize;
+            let sized = ranges > filter_common::dxr::DEFAULT_DST_RANGES as usize;
+            if sized {
+                // SAFETY: this process runs no other thread (the interrupt handler is a
+                // signal handler, not a thread), so nothing reads the environment meanwhile.
+                unsafe { std::env::set_var("EDGEBLOCK_V4_DST_RANGES", ranges.to_string()) };
+            }
+            let filter = Filter::load_or_open(&k::pins(&bpffs, "scaling"));
+            if sized {
+                // SAFETY: as above.
+                unsafe { std::env::remove_var("EDGEBLOCK_V4_DST_RANGES") };
+            }
+            let mut filter = filter.context("loading edgeblock")?;
             for &n in &plan.v4_sizes {
                 let result = size_row(&mut filter, &cli, &plan, &v4[..n], &v6, &frames)
                     .map_err(|e| format!("{e:#}"));
