@@ -218,27 +218,53 @@ pub const MAX_RULES: u32 = 4096;
 /// the range. Two copies of everything (0 and 1): `apply` writes the inactive copy, then flips
 /// `EB_ACTIVE`, so a packet always sees one whole policy, both families.
 pub mod dxr {
-    /// Chunks indexed by the top 16 address bits.
-    pub const CHUNKS: u32 = 1 << 16;
-    /// Entries per direct table: one per chunk plus the end of the last chunk's slice.
-    pub const DIRECT_LEN: u32 = CHUNKS + 1;
-    /// Direct tables: (copy * 2 + direction) * DIRECT_LEN + chunk, in `EB_V4_DIRECT`.
+    /// Address bits that index an IPv4 direct table: 2^20 chunks of 4096 addresses. A chunk
+    /// then holds a handful of ranges, so a lookup touches the direct entry and one or two
+    /// cache lines of ranges, which is what spread traffic over a million prefixes needs.
+    pub const V4_DIRECT_BITS: u32 = 20;
+    /// IPv6 direct tables are indexed by the top 16 bits.
+    pub const V6_DIRECT_BITS: u32 = 16;
+    /// Chunks (and entries) of one IPv4 direct table.
+    pub const V4_CHUNKS: u32 = 1 << V4_DIRECT_BITS;
+    /// Chunks (and entries) of one IPv6 direct table.
+    pub const V6_CHUNKS: u32 = 1 << V6_DIRECT_BITS;
+    /// Direct tables per family: (copy * 2 + direction) * chunks + chunk, in `EB_V4_DIRECT` /
+    /// `EB_V6_DIRECT`.
     pub const TABLES: u32 = 4;
-    /// Default capacity, in ranges, of each copy of the destination table: a table needs at
-    /// most two ranges per prefix plus one per chunk, so this holds a million prefixes
-    /// (17 MiB per copy). Set another with EDGEBLOCK_V4_DST_RANGES before the program is
-    /// first loaded.
-    pub const DEFAULT_DST_RANGES: u32 = (1 << 21) + (1 << 17);
+    /// A direct entry with this bit set is a leaf: the whole chunk has one result, in the low
+    /// 32 bits, and no ranges are stored for it. Otherwise the low 32 bits are the index of
+    /// the chunk's first range in the range map (the copy's offset included) and bits 32..62
+    /// the number of its ranges.
+    pub const LEAF: u64 = 1 << 63;
+
+    /// A direct entry for a chunk with one result.
+    #[inline(always)]
+    pub const fn leaf(result: u32) -> u64 {
+        LEAF | result as u64
+    }
+
+    /// A direct entry for a chunk whose `count` ranges start at `first`.
+    #[inline(always)]
+    pub const fn slice(first: u32, count: u32) -> u64 {
+        ((count as u64) << 32) | first as u64
+    }
+
+    /// Default capacity, in ranges, of each copy of the IPv4 destination table. Only chunks
+    /// with more than one result store ranges, at most three per prefix (a prefix alone in
+    /// its chunk splits it in three), so this holds a million prefixes whatever their
+    /// spread (24 MiB per copy). Set another with EDGEBLOCK_V4_DST_RANGES before the program
+    /// is first loaded.
+    pub const DEFAULT_DST_RANGES: u32 = 3 << 20;
     /// Default capacity of each copy of the source table (EDGEBLOCK_V4_SRC_RANGES).
-    pub const DEFAULT_SRC_RANGES: u32 = 1 << 18;
-    /// Steps of the binary search: enough for a chunk holding all 2^16 addresses as ranges.
-    pub const SEARCH_STEPS: u32 = 17;
+    pub const DEFAULT_SRC_RANGES: u32 = 3 << 18;
+    /// Steps of the IPv4 binary search: enough for a chunk holding each of its addresses as
+    /// a range.
+    pub const SEARCH_STEPS: u32 = 32 - V4_DIRECT_BITS + 1;
     /// IPv6 chunks span 2^112 addresses, so a slice is bounded only by the table: enough steps
     /// for 2^24 ranges.
-    pub const V6_SEARCH_STEPS: u32 = 20;
+    pub const V6_SEARCH_STEPS: u32 = 24;
     /// Default capacity of each copy of the IPv6 destination table (EDGEBLOCK_V6_DST_RANGES):
-    /// a table needs at most two ranges per prefix plus one per chunk, so this holds about
-    /// 290k prefixes (14 MiB per copy).
+    /// at most three ranges per prefix, so this holds about 200k prefixes (14 MiB per copy).
     pub const DEFAULT_V6_DST_RANGES: u32 = (1 << 19) + (1 << 16);
     /// Default capacity of each copy of the IPv6 source table (EDGEBLOCK_V6_SRC_RANGES).
     pub const DEFAULT_V6_SRC_RANGES: u32 = 1 << 17;
@@ -253,7 +279,7 @@ pub mod dxr {
     }
 
     /// A range: its first address in the high half, the result in the low half (0: no
-    /// match; n: the rule with id n - 1, whose entry is in `EB_V4_RESULTS`).
+    /// match; n: the rule with id n - 1, whose entry is in `EB_RESULTS`).
     #[inline(always)]
     pub const fn range(start: u32, result: u32) -> u64 {
         ((start as u64) << 32) | result as u64

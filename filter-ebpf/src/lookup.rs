@@ -1,19 +1,20 @@
 //! Address lookup: the only module that knows how prefixes are stored for the data path.
 //!
 //! DXR-style range tables for both families (see `filter_common::dxr`): a direct table
-//! indexed by the top 16 address bits gives the slice of ranges in that chunk, a bounded
-//! binary search finds the range, and the range names the rule. The hot part (the direct
-//! table, 512 KiB per table and copy) stays in cache, and a lookup touches a handful of cache
-//! lines however many prefixes there are.
+//! indexed by the top 20 (IPv4) or 16 (IPv6) address bits gives either the chunk's one result
+//! or the slice of its ranges, a bounded binary search finds the range, and the range names
+//! the rule. An IPv4 chunk spans 4096 addresses, so its slice is a few ranges in one or two
+//! cache lines: a lookup costs the direct entry and those lines however many prefixes there
+//! are, which keeps spread traffic over a million prefixes fast.
 
 use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
 use filter_common::{MAX_RULES, Range6, RuleEntry, action, active, direction, dxr};
 
-/// Direct tables: start of each chunk's slice of ranges, as an absolute index into the range
-/// map of the table's direction (the copy's offset included).
+/// Direct tables, one entry per chunk (`dxr::leaf` or `dxr::slice`, the slice's first index
+/// absolute in the range map of the table's direction, the copy's offset included).
 #[map(name = "EB_V4_DIRECT")]
 static EB_V4_DIRECT: Array<u64> =
-    Array::with_max_entries(dxr::TABLES * dxr::DIRECT_LEN, BPF_F_MMAPABLE);
+    Array::with_max_entries(dxr::TABLES * dxr::V4_CHUNKS, BPF_F_MMAPABLE);
 /// Both copies of the destination ranges (the loader may size it: EDGEBLOCK_V4_DST_RANGES).
 #[map(name = "EB_V4_RNG_DST")]
 static EB_V4_RNG_DST: Array<u64> =
@@ -25,7 +26,7 @@ static EB_V4_RNG_SRC: Array<u64> =
 /// The IPv6 counterparts (EDGEBLOCK_V6_DST_RANGES, EDGEBLOCK_V6_SRC_RANGES).
 #[map(name = "EB_V6_DIRECT")]
 static EB_V6_DIRECT: Array<u64> =
-    Array::with_max_entries(dxr::TABLES * dxr::DIRECT_LEN, BPF_F_MMAPABLE);
+    Array::with_max_entries(dxr::TABLES * dxr::V6_CHUNKS, BPF_F_MMAPABLE);
 #[map(name = "EB_V6_RNG_DST")]
 static EB_V6_RNG_DST: Array<Range6> =
     Array::with_max_entries(2 * dxr::DEFAULT_V6_DST_RANGES, BPF_F_MMAPABLE);
@@ -48,14 +49,29 @@ fn result(copy: u32, result: u32) -> Option<&'static RuleEntry> {
     EB_RESULTS.get(copy * MAX_RULES + (result - 1))
 }
 
-/// The slice [lo, hi) of a chunk's ranges, from a direct table.
+/// One table's answer for an address in `chunk`: the leaf's result, or the result of the
+/// range found in the chunk's slice by `search`.
 #[inline(always)]
-fn slice(direct: &'static Array<u64>, copy: u32, dir: u8, chunk: u32) -> Option<(u32, u32)> {
-    let base = (copy * 2 + u32::from(dir)) * dxr::DIRECT_LEN + chunk;
-    let lo = *direct.get(base)? as u32;
-    let hi = *direct.get(base + 1)? as u32;
-    // Every chunk holds at least one range: an empty slice is a table not yet written.
-    (hi > lo).then_some((lo, hi))
+fn find<R>(
+    direct: &'static Array<u64>,
+    chunks: u32,
+    ranges: &'static Array<R>,
+    steps: u32,
+    (copy, dir, chunk): (u32, u8, u32),
+    at_or_before: impl Fn(&R) -> bool,
+    value: impl Fn(&R) -> u32,
+) -> Option<&'static RuleEntry> {
+    let d = *direct.get((copy * 2 + u32::from(dir)) * chunks + chunk)?;
+    if d & dxr::LEAF != 0 {
+        return result(copy, d as u32);
+    }
+    let lo = d as u32;
+    let hi = lo.wrapping_add((d >> 32) as u32);
+    if hi <= lo {
+        // Every chunk holds at least one range: an empty slice is a table not yet written.
+        return None;
+    }
+    result(copy, value(search(ranges, (lo, hi), steps, at_or_before)?))
 }
 
 /// The last range of the slice `[lo, hi)` that starts at or before the address, which
@@ -91,9 +107,15 @@ fn v4(
 ) -> Option<&'static RuleEntry> {
     // Ranges compare as integers: one byte swap per lookup.
     let a = u32::from_be_bytes(addr);
-    let slice = slice(&EB_V4_DIRECT, copy, dir, a >> 16)?;
-    let r = search(ranges, slice, dxr::SEARCH_STEPS, |r| (*r >> 32) as u32 <= a)?;
-    result(copy, *r as u32)
+    find(
+        &EB_V4_DIRECT,
+        dxr::V4_CHUNKS,
+        ranges,
+        dxr::SEARCH_STEPS,
+        (copy, dir, a >> (32 - dxr::V4_DIRECT_BITS)),
+        |r| (*r >> 32) as u32 <= a,
+        |r| *r as u32,
+    )
 }
 
 /// The IPv6 counterpart of `v4`: 128-bit starts compared as two 64-bit halves.
@@ -107,11 +129,15 @@ fn v6(
     let a = addr;
     let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
     let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
-    let slice = slice(&EB_V6_DIRECT, copy, dir, (hi >> 48) as u32)?;
-    let r = search(ranges, slice, dxr::V6_SEARCH_STEPS, |r| {
-        r.start_hi < hi || (r.start_hi == hi && r.start_lo <= lo)
-    })?;
-    result(copy, r.value as u32)
+    find(
+        &EB_V6_DIRECT,
+        dxr::V6_CHUNKS,
+        ranges,
+        dxr::V6_SEARCH_STEPS,
+        (copy, dir, (hi >> (64 - dxr::V6_DIRECT_BITS)) as u32),
+        |r| r.start_hi < hi || (r.start_hi == hi && r.start_lo <= lo),
+        |r| r.value as u32,
+    )
 }
 
 /// `EB_ACTIVE`: the copy in use and which of its tables hold prefixes (`filter_common::active`).

@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use crate::{
     compile::{Compiled, action_name},
-    dxr::Dxr,
+    dxr::{Dxr, Packed},
     maps::{Family, Maps, MapsError, Ranges, V4, V6, decode_name, encode_name},
 };
 
@@ -44,6 +44,15 @@ pub enum ApplyError {
         table: &'static str,
         needed: usize,
         capacity: u32,
+    },
+    #[error(
+        "table {table} would hold {ranges} ranges in one chunk, more than the program's bounded \
+         search reaches ({max}); split the prefixes over more of the address space"
+    )]
+    ChunkTooDense {
+        table: &'static str,
+        ranges: usize,
+        max: usize,
     },
 }
 
@@ -164,7 +173,7 @@ impl<P: Copy + Ord> TableDiff<P> {
 
 /// One direction's range table and record, ready to write.
 pub struct Built<F: Family> {
-    pub table: Dxr,
+    pub table: Packed,
     pub record: Vec<F::Record>,
 }
 
@@ -174,10 +183,25 @@ impl<F: Family> Built<F> {
             .iter()
             .map(|(p, e)| F::record(p, e.rule_id))
             .collect();
-        Self { table, record }
+        Self {
+            table: table.pack(),
+            record,
+        }
     }
 
     fn check(&self, ranges: &Ranges<F>, direction: u8) -> Result<(), ApplyError> {
+        let max = 1usize << F::SEARCH_STEPS;
+        if self.table.longest > max {
+            return Err(ApplyError::ChunkTooDense {
+                table: if direction == direction::SRC {
+                    F::RANGES_SRC
+                } else {
+                    F::RANGES_DST
+                },
+                ranges: self.table.longest,
+                max,
+            });
+        }
         for (table, needed, capacity) in [
             (
                 if direction == direction::SRC {

@@ -2,10 +2,14 @@
 //! IPv6 alike.
 //!
 //! A table is the whole address space cut into ranges, each with one result: 0 for "no prefix",
-//! or `rule_id + 1` of the longest prefix covering it. Ranges never cross a chunk (the top 16 address bits), every
-//! chunk's slice starts at the chunk's first address, and neighbours in a chunk with the same
-//! result are merged, so a table has at most (2 x prefixes + 65536) ranges. `direct[c]` is the
-//! index of chunk `c`'s first range, `direct[65536]` the number of ranges.
+//! or `rule_id + 1` of the longest prefix covering it. Ranges never cross a chunk (the top 20
+//! IPv4 or 16 IPv6 address bits), every chunk's slice starts at the chunk's first address, and
+//! neighbours in a chunk with the same result are merged. `direct[c]` is the index of chunk
+//! `c`'s first range, `direct[chunks]` the number of ranges.
+//!
+//! [`Packed`] is the form the maps hold: a chunk with one result becomes a leaf of the direct
+//! table and stores no range, so only chunks where prefixes begin or end cost ranges, at most
+//! three per prefix.
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -16,7 +20,9 @@ use filter_common::{Range6, dxr};
 pub struct Dxr {
     /// Address bits: 32 or 128.
     bits: u32,
-    /// `dxr::DIRECT_LEN` entries: the index of each chunk's first range, then the count.
+    /// Address bits that index the direct table.
+    direct_bits: u32,
+    /// One entry per chunk: the index of its first range; then the number of ranges.
     pub direct: Vec<u32>,
     /// First address of each range, in address order.
     pub starts: Vec<u128>,
@@ -35,7 +41,7 @@ impl Dxr {
                 r,
             )
         });
-        Self::sweep(32, spans)
+        Self::sweep(32, dxr::V4_DIRECT_BITS, spans)
     }
 
     /// The IPv6 counterpart of [`Dxr::build`].
@@ -43,12 +49,12 @@ impl Dxr {
         let spans = prefixes
             .into_iter()
             .map(|(p, r)| (u128::from(p.network()), u128::from(p.broadcast()), r));
-        Self::sweep(128, spans)
+        Self::sweep(128, dxr::V6_DIRECT_BITS, spans)
     }
 
     /// Cut the space into ranges from nested-or-disjoint spans in ascending (first, wider
     /// first) order: the longest span holding an address gives its result.
-    fn sweep(bits: u32, spans: impl Iterator<Item = (u128, u128, u32)>) -> Self {
+    fn sweep(bits: u32, direct_bits: u32, spans: impl Iterator<Item = (u128, u128, u32)>) -> Self {
         let top = if bits == 128 {
             u128::MAX
         } else {
@@ -56,7 +62,8 @@ impl Dxr {
         };
         let mut b = Dxr {
             bits,
-            direct: vec![0; dxr::DIRECT_LEN as usize],
+            direct_bits,
+            direct: vec![0; (1 << direct_bits) + 1],
             starts: Vec::new(),
             results: Vec::new(),
         };
@@ -96,12 +103,19 @@ impl Dxr {
         {
             b.emit(c, top, 0);
         }
-        b.direct[dxr::CHUNKS as usize] = b.starts.len() as u32;
+        let end = b.chunks();
+        b.direct[end] = b.starts.len() as u32;
         b
     }
 
+    /// Chunks of the direct table.
+    pub fn chunks(&self) -> usize {
+        1 << self.direct_bits
+    }
+
+    /// Address bits below the chunk index.
     fn chunk_bits(&self) -> u32 {
-        self.bits - 16
+        self.bits - self.direct_bits
     }
 
     /// Addresses `from..=to` have `result`: split at chunk boundaries, merged with the range
@@ -141,6 +155,77 @@ impl Dxr {
         let c = (addr >> self.chunk_bits()) as usize;
         let (mut lo, mut hi) = (self.direct[c] as usize, self.direct[c + 1] as usize);
         while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if self.starts[mid] <= addr {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        self.results[lo]
+    }
+
+    /// The form the maps hold: one-result chunks as leaves, the other chunks' ranges.
+    pub fn pack(&self) -> Packed {
+        let mut direct = Vec::with_capacity(self.chunks());
+        let (mut starts, mut results) = (Vec::new(), Vec::new());
+        let mut longest = 0;
+        for c in 0..self.chunks() {
+            let (lo, hi) = (self.direct[c] as usize, self.direct[c + 1] as usize);
+            if hi - lo == 1 {
+                direct.push(dxr::leaf(self.results[lo]));
+            } else {
+                direct.push(dxr::slice(starts.len() as u32, (hi - lo) as u32));
+                starts.extend_from_slice(&self.starts[lo..hi]);
+                results.extend_from_slice(&self.results[lo..hi]);
+                longest = longest.max(hi - lo);
+            }
+        }
+        Packed {
+            chunk_bits: self.chunk_bits(),
+            direct,
+            starts,
+            results,
+            longest,
+        }
+    }
+}
+
+/// A table as its maps hold it: the direct entries (`dxr::leaf`, or `dxr::slice` with the
+/// first index relative to the copy's start) and the ranges of the chunks that need them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packed {
+    chunk_bits: u32,
+    pub direct: Vec<u64>,
+    pub starts: Vec<u128>,
+    pub results: Vec<u32>,
+    /// The most ranges of any chunk: the search must reach the end of it.
+    pub longest: usize,
+}
+
+impl Packed {
+    /// Ranges stored.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// The result for `addr`, exactly as the XDP program finds it: a leaf, or at most `steps`
+    /// halvings of the chunk's slice.
+    pub fn lookup(&self, addr: u128, steps: u32) -> u32 {
+        let d = self.direct[(addr >> self.chunk_bits) as usize];
+        if d & dxr::LEAF != 0 {
+            return d as u32;
+        }
+        let mut lo = d as u32 as usize;
+        let mut hi = lo + (d >> 32) as usize;
+        for _ in 0..steps {
+            if hi - lo <= 1 {
+                break;
+            }
             let mid = lo + (hi - lo) / 2;
             if self.starts[mid] <= addr {
                 lo = mid;
@@ -215,32 +300,50 @@ mod tests {
         seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
+    const V4_CHUNK_BITS: u32 = 32 - dxr::V4_DIRECT_BITS;
+
     fn check(prefixes: &BTreeMap<Ipv4Net, u32>, seed: &mut u64) {
         let t = Dxr::build(prefixes.iter().map(|(p, r)| (*p, *r)));
-        assert!(t.len() <= 2 * prefixes.len() + dxr::CHUNKS as usize + 1);
-        for c in 0..dxr::CHUNKS as usize {
+        assert!(t.len() <= 2 * prefixes.len() + dxr::V4_CHUNKS as usize + 1);
+        for c in 0..dxr::V4_CHUNKS as usize {
             let first = t.starts[t.direct[c] as usize];
-            assert_eq!(first, (c as u128) << 16, "chunk {c} starts its slice");
+            assert_eq!(
+                first,
+                (c as u128) << V4_CHUNK_BITS,
+                "chunk {c} starts its slice"
+            );
             assert!(t.direct[c] < t.direct[c + 1], "chunk {c} has a range");
         }
+        let packed = t.pack();
+        assert!(
+            packed.len() <= 3 * prefixes.len(),
+            "at most three ranges per prefix"
+        );
+        assert!(packed.longest <= 1 << dxr::SEARCH_STEPS);
         for a in probes(prefixes, seed) {
+            let want = naive(prefixes, a);
+            let addr = Ipv4Addr::from(a);
+            assert_eq!(t.lookup(u128::from(a)), want, "address {addr}");
             assert_eq!(
-                t.lookup(u128::from(a)),
-                naive(prefixes, a),
-                "address {}",
-                Ipv4Addr::from(a)
+                packed.lookup(u128::from(a), dxr::SEARCH_STEPS),
+                want,
+                "packed, address {addr}"
             );
         }
     }
 
     #[test]
-    fn empty_table_has_one_empty_range_per_chunk() {
+    fn empty_table_has_one_empty_range_per_chunk_and_packs_to_leaves() {
         let t = Dxr::build([]);
-        assert_eq!(t.len(), dxr::CHUNKS as usize);
+        assert_eq!(t.len(), dxr::V4_CHUNKS as usize);
         assert_eq!(t.lookup(0x0102_0304), 0);
+        let p = t.pack();
+        assert!(p.is_empty());
+        assert!(p.direct.iter().all(|&d| d == dxr::leaf(0)));
         let t6 = Dxr::build_v6([]);
-        assert_eq!(t6.len(), dxr::CHUNKS as usize);
+        assert_eq!(t6.len(), dxr::V6_CHUNKS as usize);
         assert_eq!(t6.lookup(u128::MAX), 0);
+        assert!(t6.pack().is_empty());
     }
 
     #[test]
@@ -286,7 +389,7 @@ mod tests {
     }
 
     #[test]
-    fn a_large_table_stays_within_two_ranges_per_prefix_plus_the_chunks() {
+    fn a_large_table_packs_to_at_most_three_ranges_per_prefix() {
         let mut seed = 7;
         let mut prefixes = BTreeMap::new();
         while prefixes.len() < 200_000 {
@@ -297,11 +400,15 @@ mod tests {
             prefixes.insert(p, 1);
         }
         let t = Dxr::build(prefixes.iter().map(|(p, r)| (*p, *r)));
-        assert!(t.len() <= 2 * prefixes.len() + dxr::CHUNKS as usize);
+        assert!(t.len() <= 2 * prefixes.len() + dxr::V4_CHUNKS as usize);
+        let packed = t.pack();
+        assert!(packed.len() <= 3 * prefixes.len());
         let mut s = 3;
         for _ in 0..20_000 {
             let a = next(&mut s) as u32;
-            assert_eq!(t.lookup(a.into()), naive_fast(&prefixes, a));
+            let want = naive_fast(&prefixes, a);
+            assert_eq!(t.lookup(a.into()), want);
+            assert_eq!(packed.lookup(a.into(), dxr::SEARCH_STEPS), want);
         }
     }
 
@@ -333,6 +440,7 @@ mod tests {
             for _ in 0..500 {
                 probes.push(anchors[(next(&mut seed) % 3) as usize] ^ u128::from(next(&mut seed)));
             }
+            let packed = t.pack();
             for a in probes {
                 let want = prefixes
                     .iter()
@@ -340,6 +448,12 @@ mod tests {
                     .max_by_key(|(p, _)| p.prefix_len())
                     .map_or(0, |(_, r)| *r);
                 assert_eq!(t.lookup(a), want, "address {}", Ipv6Addr::from(a));
+                assert_eq!(
+                    packed.lookup(a, dxr::V6_SEARCH_STEPS),
+                    want,
+                    "packed, address {}",
+                    Ipv6Addr::from(a)
+                );
             }
         }
     }

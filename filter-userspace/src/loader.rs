@@ -564,7 +564,7 @@ fn ranges_capacity(var: &'static str, default: u32) -> Result<u32, LoaderError> 
         Ok(v) => v
             .parse::<u32>()
             .ok()
-            .filter(|n| (dxr::CHUNKS..=1 << 30).contains(n))
+            .filter(|n| (dxr::V6_CHUNKS..=1 << 30).contains(n))
             .ok_or(LoaderError::BadCapacity { var, value: v }),
     }
 }

@@ -160,7 +160,11 @@ pub trait Family {
     const DIRECT: &'static str;
     const RECORD_DST: &'static str;
     const RECORD_SRC: &'static str;
-    fn encode(table: &crate::dxr::Dxr) -> Vec<Self::Range>;
+    /// Entries of one direct table.
+    const CHUNKS: usize;
+    /// Halvings the program's search makes: no chunk may hold more than 2^this ranges.
+    const SEARCH_STEPS: u32;
+    fn encode(table: &crate::dxr::Packed) -> Vec<Self::Range>;
     fn record(net: &Self::Net, rule_id: u32) -> Self::Record;
     fn unrecord(r: &Self::Record) -> Option<(Self::Net, u32)>;
     fn contains(net: &Self::Net, addr: std::net::IpAddr) -> bool;
@@ -179,7 +183,9 @@ impl Family for V4 {
     const DIRECT: &'static str = names::V4_DIRECT;
     const RECORD_DST: &'static str = names::V4_RECORD_DST;
     const RECORD_SRC: &'static str = names::V4_RECORD_SRC;
-    fn encode(table: &crate::dxr::Dxr) -> Vec<u64> {
+    const CHUNKS: usize = filter_common::dxr::V4_CHUNKS as usize;
+    const SEARCH_STEPS: u32 = filter_common::dxr::SEARCH_STEPS;
+    fn encode(table: &crate::dxr::Packed) -> Vec<u64> {
         table.encode_v4()
     }
     fn record(net: &Ipv4Net, rule_id: u32) -> u64 {
@@ -206,7 +212,9 @@ impl Family for V6 {
     const DIRECT: &'static str = names::V6_DIRECT;
     const RECORD_DST: &'static str = names::V6_RECORD_DST;
     const RECORD_SRC: &'static str = names::V6_RECORD_SRC;
-    fn encode(table: &crate::dxr::Dxr) -> Vec<Range6> {
+    const CHUNKS: usize = filter_common::dxr::V6_CHUNKS as usize;
+    const SEARCH_STEPS: u32 = filter_common::dxr::V6_SEARCH_STEPS;
+    fn encode(table: &crate::dxr::Packed) -> Vec<Range6> {
         table.encode_v6()
     }
     fn record(net: &Ipv6Net, rule_id: u32) -> Range6 {
@@ -296,7 +304,7 @@ impl<F: Family> Ranges<F> {
         &mut self,
         copy: u32,
         direction: u8,
-        table: &crate::dxr::Dxr,
+        table: &crate::dxr::Packed,
         record: &[F::Record],
     ) {
         let all = if direction == filter_common::direction::SRC {
@@ -312,14 +320,17 @@ impl<F: Family> Ranges<F> {
         let base = copy as usize * cap;
         let encoded = F::encode(table);
         self.ranges(direction).as_mut_slice()[base..base + encoded.len()].copy_from_slice(&encoded);
-        let at =
-            (copy * 2 + u32::from(direction)) as usize * filter_common::dxr::DIRECT_LEN as usize;
-        let len = filter_common::dxr::DIRECT_LEN as usize;
-        for (slot, start) in self.direct.as_mut_slice()[at..at + len]
+        let at = (copy * 2 + u32::from(direction)) as usize * F::CHUNKS;
+        for (slot, entry) in self.direct.as_mut_slice()[at..at + F::CHUNKS]
             .iter_mut()
             .zip(&table.direct)
         {
-            *slot = (base + *start as usize) as u64;
+            // A slice's first index is relative to the copy: the program indexes the whole map.
+            *slot = if entry & filter_common::dxr::LEAF != 0 {
+                *entry
+            } else {
+                entry + base as u64
+            };
         }
     }
 

@@ -1,7 +1,7 @@
-//! Valid policies, compiled: the IPv4 range tables built from them must give, for every
-//! address, the rule the longest matching prefix names, searched the way the XDP program
-//! searches them (at most `dxr::SEARCH_STEPS` steps), and the tables must have the shape the
-//! program relies on.
+//! Valid policies, compiled: the range tables built from them must give, for every address,
+//! the rule the longest matching prefix names, searched the way the XDP program searches them
+//! (a leaf, or at most `dxr::SEARCH_STEPS` / `V6_SEARCH_STEPS` halvings of the chunk's slice),
+//! and the tables must have the shape the program relies on.
 //!
 //! Input, read one of two ways:
 //! - text: policy text, NUL, the text every include reads, NUL, address bytes (4 per IPv4
@@ -21,7 +21,7 @@ use std::path::Path;
 
 use edgeblock::{
     compile::{Tables, compile},
-    dxr::Dxr,
+    dxr::{Dxr, Packed},
     policy::{self, Direction},
 };
 use edgeblock_fuzz::{POLICY_PATH, check_policy, now, split};
@@ -72,14 +72,15 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let t = &compiled.tables;
     for (direction, table) in [(Direction::Dst, &t.dst_v4), (Direction::Src, &t.src_v4)] {
-        // An empty table is one range per chunk (dxr.rs tests it); building and walking all
-        // 65,536 chunks is most of an execution, so only tables with prefixes are.
+        // An empty table is one leaf per chunk (dxr.rs tests it); building and packing all
+        // the chunks is most of an execution, so only tables with prefixes are.
         if table.is_empty() {
             continue;
         }
         // As `apply` builds them: the result is rule index + 1, 0 for no match.
         let built = Dxr::build(table.iter().map(|(p, &r)| (*p, r as u32 + 1)));
-        check_shape(&built, table.len());
+        let packed = built.pack();
+        check_shape(&packed, table.len(), dxr::SEARCH_STEPS);
         let edges = table.keys().take(EDGE_PROBES).flat_map(|p| {
             let (first, last) = (u32::from(p.network()), u32::from(p.broadcast()));
             [first, last, first.wrapping_sub(1), last.wrapping_add(1)]
@@ -94,22 +95,26 @@ fuzz_target!(|data: &[u8]| {
                 Ipv4Addr::from(addr)
             );
             assert_eq!(
-                built.lookup(addr),
+                built.lookup(addr.into()),
                 want,
                 "Dxr::lookup({direction}, {})",
                 Ipv4Addr::from(addr)
             );
             assert_eq!(
-                like_the_program(&built, addr),
+                packed.lookup(addr.into(), dxr::SEARCH_STEPS),
                 want,
                 "the program's bounded search ({direction}, {})",
                 Ipv4Addr::from(addr)
             );
         }
     }
-    // IPv6 stays in LPM tries, whose longest match the kernel does; the reference matcher and
-    // the notice server use `Tables::lookup` for it, held here to a scan.
+    // IPv6: the same, with `Tables::lookup` and the packed table held to a scan.
     for (direction, table) in [(Direction::Dst, &t.dst_v6), (Direction::Src, &t.src_v6)] {
+        if table.is_empty() {
+            continue;
+        }
+        let packed = Dxr::build_v6(table.iter().map(|(p, &r)| (*p, r as u32 + 1))).pack();
+        check_shape(&packed, table.len(), dxr::V6_SEARCH_STEPS);
         for p in table.keys().take(EDGE_PROBES) {
             let (first, last) = (u128::from(p.network()), u128::from(p.broadcast()));
             for addr in [first, last, first.wrapping_sub(1), last.wrapping_add(1)] {
@@ -121,6 +126,11 @@ fuzz_target!(|data: &[u8]| {
                     .map(|(_, &r)| r);
                 let got = t.lookup(direction, IpAddr::V6(a)).map(|(_, r)| r);
                 assert_eq!(got, want, "Tables::lookup({direction}, {a})");
+                assert_eq!(
+                    packed.lookup(addr, dxr::V6_SEARCH_STEPS),
+                    want.map_or(0, |r| r as u32 + 1),
+                    "the program's bounded search ({direction}, {a})"
+                );
             }
         }
     }
@@ -204,62 +214,46 @@ fn lookup_result(t: &Tables, direction: Direction, addr: u32) -> u32 {
         .map_or(0, |(_, r)| r as u32 + 1)
 }
 
-/// `filter-ebpf/src/lookup.rs`, `v4()`: an empty slice is no match, and the search stops after
-/// `SEARCH_STEPS` steps whether or not it has narrowed to one range.
-fn like_the_program(t: &Dxr, addr: u32) -> u32 {
-    let chunk = (addr >> 16) as usize;
-    let (mut lo, mut hi) = (t.direct[chunk], t.direct[chunk + 1]);
-    if hi <= lo {
-        return 0;
-    }
-    for _ in 0..dxr::SEARCH_STEPS {
-        if hi - lo <= 1 {
-            break;
-        }
-        let mid = lo + (hi - lo) / 2;
-        if (t.ranges[mid as usize] >> 32) as u32 <= addr {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    t.ranges[lo as usize] as u32
-}
-
-/// What the program and `apply`'s capacity check assume of a table (`edgeblock::dxr`), and of
-/// the slice of the chunk each probed address falls in. (Walking all 65,536 chunks on every
-/// execution would cost most of it under the fuzzer's instrumentation; chunks without a probe
-/// come from the same code as those with one.)
-fn check_shape(t: &Dxr, prefixes: usize) {
-    assert_eq!(t.direct.len(), dxr::DIRECT_LEN as usize);
-    assert_eq!(t.direct[0], 0);
-    assert_eq!(t.direct[dxr::CHUNKS as usize] as usize, t.ranges.len());
+/// What the program and `apply`'s capacity check assume of a packed table: at most three
+/// ranges per prefix, no slice longer than the search reaches, and a leaf or a slice in its
+/// range for every chunk.
+fn check_shape(t: &Packed, prefixes: usize, steps: u32) {
     assert!(
-        t.ranges.len() <= 2 * prefixes + dxr::CHUNKS as usize,
+        t.len() <= 3 * prefixes,
         "{} ranges for {prefixes} prefixes",
-        t.ranges.len()
+        t.len()
     );
+    assert!(
+        t.longest <= 1 << steps,
+        "a chunk of {} ranges is more than the search reaches",
+        t.longest
+    );
+    for &d in &t.direct {
+        if d & dxr::LEAF == 0 {
+            let (first, count) = ((d as u32) as usize, (d >> 32) as usize);
+            assert!(count >= 2, "a one-range chunk is a leaf");
+            assert!(first + count <= t.len(), "slice out of the table");
+        }
+    }
 }
 
+/// The chunk of a probed address, unpacked: it starts at the chunk's first address, its
+/// ranges ascend, and neighbours with one result are merged.
 fn check_chunk(t: &Dxr, addr: u32) {
-    let chunk = (addr >> 16) as usize;
+    let shift = 32 - dxr::V4_DIRECT_BITS;
+    let chunk = (addr >> shift) as usize;
     let (lo, hi) = (t.direct[chunk] as usize, t.direct[chunk + 1] as usize);
     assert!(lo < hi, "chunk {chunk} has no range");
-    assert!(
-        hi - lo <= 1 << dxr::SEARCH_STEPS,
-        "chunk {chunk}: {} ranges are more than the search reaches",
-        hi - lo
-    );
-    let slice = &t.ranges[lo..hi];
     assert_eq!(
-        (slice[0] >> 32) as u32,
-        (chunk as u32) << 16,
+        t.starts[lo],
+        (chunk as u128) << shift,
         "chunk {chunk} starts elsewhere"
     );
-    for pair in slice.windows(2) {
-        assert!(pair[0] >> 32 < pair[1] >> 32, "chunk {chunk} out of order");
+    for i in lo + 1..hi {
+        assert!(t.starts[i - 1] < t.starts[i], "chunk {chunk} out of order");
         assert_ne!(
-            pair[0] as u32, pair[1] as u32,
+            t.results[i - 1],
+            t.results[i],
             "chunk {chunk}: neighbours with one result are merged"
         );
     }

@@ -359,8 +359,9 @@ fn a_link_whose_interface_vanished_is_reported_and_replaced_on_attach() {
 fn a_policy_larger_than_the_tables_is_refused_and_changes_nothing() {
     let env = Env::new();
     let good = env.file("good.toml", GOOD);
-    // Tables sized at first load: room for 70,000 IPv4 ranges per copy (65,536 go to the
-    // chunks themselves).
+    // Tables sized at first load: room for 70,000 IPv4 ranges per copy. A /32 alone in its
+    // chunk takes three, so 30,000 of them (which the record, half as large, would hold)
+    // need 90,000.
     let run = |args: &[&str]| {
         env.cmd()
             .env("EDGEBLOCK_V4_DST_RANGES", "70000")
@@ -371,7 +372,7 @@ fn a_policy_larger_than_the_tables_is_refused_and_changes_nothing() {
     let out = run(&["apply", path(&good)]);
     assert!(out.status.success(), "{}", text(&out));
     let before = env.snapshot();
-    let list: String = (0..5000u32)
+    let list: String = (0..30_000u32)
         .map(|i| format!("{}.{}.7.1/32\n", 1 + i / 250, i % 250))
         .collect();
     env.file("big.netset", &list);

@@ -635,10 +635,10 @@ mod imp {
                 state_dir: bpffs.state_dir(),
             };
             // The default tables hold about a million IPv4 prefixes; the largest size needs
-            // more (each prefix makes at most two ranges, each chunk one). Only this filter is
+            // more (each prefix makes at most three ranges). Only this filter is
             // loaded that large: the control-plane part reports the default's memory.
             let largest = plan.v4_sizes.iter().copied().max().unwrap_or(0);
-            let ranges = 2 * largest + filter_common::dxr::DIRECT_LEN as usize;
+            let ranges = 3 * largest;
             let sized = ranges > filter_common::dxr::DEFAULT_DST_RANGES as usize;
             if sized {
                 // SAFETY: this process runs no other thread (the interrupt handler is a
