@@ -33,6 +33,7 @@ use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use filter_common::{
     MAX_NOTICE_TARGETS, MAX_RULES, MAX_V4_PREFIXES, MAX_V6_PREFIXES, RULE_NAME_LEN,
@@ -42,10 +43,12 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use toml::Spanned;
 
-/// Where a value came from: a file and a 1-based line. Displays as `file:line`.
+/// Where a value came from: a file and a 1-based line. Displays as `file:line`. The path is
+/// shared: a million-line list gives a million locations, and one allocation each would be
+/// most of the time it takes to read it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Location {
-    pub file: PathBuf,
+    pub file: Arc<Path>,
     pub line: usize,
 }
 
@@ -837,7 +840,7 @@ pub fn parse(
     let raw: RawPolicy = toml::from_str(text).map_err(|e| {
         PolicyErrors(vec![PolicyError::Toml {
             location: Location {
-                file: path.to_path_buf(),
+                file: Arc::from(path),
                 line: lines.line(e.span().map_or(0, |s| s.start)),
             },
             // The parser's message is meant to sit under its own multi-line snippet; keep it
@@ -939,6 +942,7 @@ pub fn parse_prefix_list(text: &str, file: &Path) -> Result<Vec<PrefixEntry>, Ve
     let mut entries = Vec::new();
     let mut errors = Vec::new();
     let mut not_shown = 0;
+    let file: Arc<Path> = Arc::from(file);
     for (index, line) in text.lines().enumerate() {
         let content = line
             .find(['#', ';'])
@@ -948,7 +952,7 @@ pub fn parse_prefix_list(text: &str, file: &Path) -> Result<Vec<PrefixEntry>, Ve
             continue;
         }
         let location = Location {
-            file: file.to_path_buf(),
+            file: Arc::clone(&file),
             line: index + 1,
         };
         match parse_prefix(content) {
@@ -1306,7 +1310,7 @@ impl Validator<'_> {
 
     fn at_offset(&self, offset: usize) -> Location {
         Location {
-            file: self.path.to_path_buf(),
+            file: Arc::from(self.path),
             line: self.lines.line(offset),
         }
     }

@@ -172,7 +172,7 @@ impl BlockStore {
             .map(|(i, line)| {
                 serde_json::from_str(line).map_err(|e| RuntimeError::Parse {
                     location: Location {
-                        file: self.path.clone(),
+                        file: self.path.as_path().into(),
                         line: i + 1,
                     },
                     message: e.to_string(),
@@ -265,7 +265,7 @@ pub fn merge(
             .push(PrefixEntry {
                 net: b.prefix,
                 location: Location {
-                    file: file.to_path_buf(),
+                    file: file.into(),
                     line: i + 1,
                 },
             });

@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
             );
             for entry in &entries {
                 assert_canonical(entry.net);
-                assert_eq!(entry.location.file, path);
+                assert_eq!(&*entry.location.file, path);
             }
             // What was read is a list again, and reads back the same.
             let written: String = entries.iter().map(|e| format!("{}\n", e.net)).collect();

@@ -637,9 +637,14 @@ impl Daemon {
             self.config.policy.clone(),
             signing::sig_path(&self.config.policy),
         ]);
-        for rule in &self.policy.rules {
-            files.extend(rule.prefixes.iter().map(|p| p.location.file.clone()));
-        }
+        // Distinct files first: a list of a million lines is one file.
+        let included: BTreeSet<&std::path::Path> = self
+            .policy
+            .rules
+            .iter()
+            .flat_map(|r| r.prefixes.iter().map(|p| &*p.location.file))
+            .collect();
+        files.extend(included.into_iter().map(std::path::Path::to_path_buf));
         // Only the snapshot's own name would show up when running from the fallback.
         files.retain(|f| !f.starts_with(&self.config.data_dir));
         if let Err(e) = self.watch.set_policy_files(files) {
