@@ -76,10 +76,13 @@ impl Dxr {
                 if end >= first {
                     break;
                 }
-                if let Some(c) = cur {
+                // A span that ends where a nested one ended has nothing left to emit.
+                if let Some(c) = cur
+                    && c <= end
+                {
                     b.emit(c, end, r);
+                    cur = end.checked_add(1);
                 }
-                cur = end.checked_add(1);
                 open.pop();
             }
             if let Some(c) = cur
@@ -314,6 +317,17 @@ mod tests {
             );
             assert!(t.direct[c] < t.direct[c + 1], "chunk {c} has a range");
         }
+        for i in 1..t.len() {
+            assert!(
+                t.starts[i - 1] < t.starts[i],
+                "ranges ascend strictly at {i}"
+            );
+            let same_chunk = t.starts[i] & ((1 << V4_CHUNK_BITS) - 1) != 0;
+            assert!(
+                !same_chunk || t.results[i - 1] != t.results[i],
+                "neighbours with one result are merged at {i}"
+            );
+        }
         let packed = t.pack();
         assert!(
             packed.len() <= 3 * prefixes.len(),
@@ -364,6 +378,22 @@ mod tests {
         .into_iter()
         .collect();
         check(&prefixes, &mut 42);
+    }
+
+    /// Found by the compile fuzz target: spans nested so that they end on the same address
+    /// used to leave a spurious range behind the inner one.
+    #[test]
+    fn nested_prefixes_ending_together() {
+        let prefixes: BTreeMap<Ipv4Net, u32> = [
+            (net("10.0.0.0/8"), 1),
+            (net("10.255.0.0/16"), 2),
+            (net("10.255.255.0/24"), 3),
+            (net("10.255.255.255/32"), 3),
+            (net("11.0.0.0/8"), 3),
+        ]
+        .into_iter()
+        .collect();
+        check(&prefixes, &mut 5);
     }
 
     #[test]
