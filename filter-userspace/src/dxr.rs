@@ -2,7 +2,10 @@
 //! IPv6 alike.
 //!
 //! A table is the whole address space cut into ranges, each with one result: 0 for "no prefix",
-//! or `rule_id + 1` of the longest prefix covering it. Ranges never cross a chunk (the top 16 address bits), every
+//! or `rule_id + 1` of the longest prefix covering it. Shadow rules come in as
+//! `(rule_id + 1) << SHADOW_SHIFT`, and a range's result is then the longest enforced prefix's
+//! reference in the low half with, in the high half, the shadow rule whose prefix is the
+//! longest of all when there is one (`filter_common::dxr::SHADOW_SHIFT`). Ranges never cross a chunk (the top 16 address bits), every
 //! chunk's slice starts at the chunk's first address, and neighbours in a chunk with the same
 //! result are merged, so a table has at most (2 x prefixes + 65536) ranges. `direct[c]` is the
 //! index of chunk `c`'s first range, `direct[65536]` the number of ranges.
@@ -81,7 +84,16 @@ impl Dxr {
                 b.emit(c, first - 1, open.last().map_or(0, |o| o.1));
                 cur = Some(first);
             }
-            open.push((last, result));
+            // Nested spans: the innermost decides. An enforced span replaces both halves (it is
+            // the longest prefix of all, and the longest enforced one); a shadow span keeps
+            // the enforced half of the span around it.
+            let inherited = open.last().map_or(0, |o| o.1) & dxr::ENFORCED_MASK;
+            let combined = if result > dxr::ENFORCED_MASK {
+                (result & !dxr::ENFORCED_MASK) | inherited
+            } else {
+                result
+            };
+            open.push((last, combined));
         }
         while let Some((end, r)) = open.pop() {
             if let Some(c) = cur
