@@ -799,6 +799,64 @@ prefixes = ["198.51.100.0/24"]
     }
 
     #[test]
+    fn shadow_rules_never_change_the_verdict() {
+        let c = compiled(
+            r#"
+[[rule]]
+name = "wide"
+action = "drop"
+prefixes = ["10.0.0.0/16"]
+
+[[rule]]
+name = "shadow-inside"
+action = "pass"
+mode = "shadow"
+prefixes = ["10.0.1.0/24"]
+
+[[rule]]
+name = "shadow-wide"
+action = "drop"
+mode = "shadow"
+prefixes = ["172.16.0.0/12"]
+
+[[rule]]
+name = "inside-shadow"
+action = "pass"
+prefixes = ["172.16.1.0/24"]
+"#,
+        );
+        let any = ip("192.0.2.1");
+        let rule = |name: &str| c.rules.iter().position(|r| r.name == name);
+        // The shadow pass does not carve a hole in the enforced /16; it counts.
+        let v = c.verdict(ip("10.0.1.1"), any);
+        assert_eq!((v.action, v.rule), (DROP, rule("wide")));
+        let s = c.shadow(ip("10.0.1.1"), any).expect("a shadow hit");
+        assert_eq!((s.action, s.rule), (PASS, rule("shadow-inside")));
+        // The shadow drop adds no drop.
+        assert_eq!(c.verdict(ip("172.16.9.9"), any), Verdict::NO_MATCH);
+        let s = c.shadow(ip("172.16.9.9"), any).expect("a shadow hit");
+        assert_eq!((s.action, s.rule), (DROP, rule("shadow-wide")));
+        // The longer enforced prefix inside the shadow one would still decide: no hit.
+        let v = c.verdict(ip("172.16.1.1"), any);
+        assert_eq!((v.action, v.rule), (PASS, rule("inside-shadow")));
+        assert_eq!(c.shadow(ip("172.16.1.1"), any), None);
+        assert_eq!(c.shadow(ip("10.0.2.1"), any), None);
+        // Shadow rules never block for lockout purposes, and their flag reaches the kernel.
+        let shadow = &c.rules[rule("shadow-wide").expect("rule")];
+        assert!(!shadow.blocks() && shadow.is_shadow());
+        assert_eq!(shadow.flags & rule_flags::SHADOW, rule_flags::SHADOW);
+    }
+
+    #[test]
+    fn the_mode_is_part_of_the_hash() {
+        let text = "[[rule]]\nname = \"a\"\naction = \"drop\"\nprefixes = [\"10.0.0.0/8\"]\n";
+        assert_ne!(
+            compiled(text).hash,
+            compiled(&format!("mode = \"shadow\"\n{text}")).hash
+        );
+    }
+
+    #[test]
     fn verdict_precedence() {
         let c = compiled(MIXED);
         let (dst_drop, dst_pass, src_drop, src_pass) = (

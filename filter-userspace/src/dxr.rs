@@ -246,6 +246,25 @@ mod tests {
     }
 
     #[test]
+    fn shadow_halves_hold_the_longest_prefix_when_it_is_a_shadow_rule() {
+        let shadow = |r: u32| r << dxr::SHADOW_SHIFT;
+        let t = Dxr::build([
+            (net("10.0.0.0/8"), 1),
+            (net("10.1.0.0/16"), shadow(2)),
+            (net("10.1.1.0/24"), 3),
+            (net("10.1.1.128/25"), shadow(4)),
+            (net("192.168.0.0/16"), shadow(5)),
+        ]);
+        let at = |a: &str| t.lookup(u128::from(u32::from(a.parse::<Ipv4Addr>().expect("addr"))));
+        assert_eq!(at("10.9.0.1"), 1);
+        assert_eq!(at("10.1.9.1"), 1 | shadow(2), "enforced /8, shadow /16");
+        assert_eq!(at("10.1.1.1"), 3, "the enforced /24 is longest: no shadow");
+        assert_eq!(at("10.1.1.200"), 3 | shadow(4));
+        assert_eq!(at("192.168.3.3"), shadow(5), "shadow alone");
+        assert_eq!(at("172.16.0.1"), 0);
+    }
+
+    #[test]
     fn empty_table_has_one_empty_range_per_chunk() {
         let t = Dxr::build([]);
         assert_eq!(t.len(), dxr::CHUNKS as usize);

@@ -2309,6 +2309,46 @@ prefixes = ["203.0.113.0/24"]
     }
 
     #[test]
+    fn modes() {
+        let p = ok(
+            "mode = \"shadow\"\n[[rule]]\nname = \"a\"\naction = \"drop\"\nprefixes = [\"10.0.0.0/8\"]\n",
+        );
+        assert_eq!(p.mode, Mode::Shadow);
+        assert_eq!(
+            p.rules[0].mode,
+            Mode::Shadow,
+            "a shadow policy shadows every rule"
+        );
+        let p = ok(
+            "[[rule]]\nname = \"a\"\naction = \"drop\"\nmode = \"shadow\"\n\
+                    prefixes = [\"10.0.0.0/8\"]\n[[rule]]\nname = \"b\"\naction = \"drop\"\n\
+                    mode = \"enforce\"\nprefixes = [\"10.1.0.0/16\"]\n",
+        );
+        assert_eq!(p.mode, Mode::Enforce);
+        assert_eq!(
+            (p.rules[0].mode, p.rules[1].mode),
+            (Mode::Shadow, Mode::Enforce)
+        );
+        let errors = errors(
+            "mode = \"dry-run\"\n[[rule]]\nname = \"a\"\naction = \"drop\"\n\
+             mode = \"Shadow\"\nprefixes = [\"10.0.0.0/8\"]\n",
+        );
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert_contains(
+            &errors[0],
+            &[
+                "policy.toml:1:",
+                "mode = \"dry-run\"",
+                "\"enforce\" or \"shadow\"",
+            ],
+        );
+        assert_contains(
+            &errors[1],
+            &["policy.toml:5:", "rule \"a\": mode = \"Shadow\""],
+        );
+    }
+
+    #[test]
     fn bad_protect_entries() {
         let errors =
             errors("protect = [\n  \"192.0.2.0/24\",\n  \"bogus\",\n  \"2001:db8::1/48\",\n]\n");
