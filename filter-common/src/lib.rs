@@ -40,14 +40,21 @@ pub mod stat {
     pub const REJECT_UNANSWERED: u32 = action::COUNT + 4;
     /// `redirect` matches dropped because the notice target was missing or the redirect failed.
     pub const REDIRECT_FAILED: u32 = action::COUNT + 5;
+    /// `SHADOW + action`: packets a shadow rule would have decided with that action (see
+    /// [`super::rule_flags::SHADOW`]); they were handled by the enforced rules meanwhile.
+    pub const SHADOW: u32 = action::COUNT + 6;
     /// Length of the stats array.
-    pub const LEN: u32 = action::COUNT + 6;
+    pub const LEN: u32 = SHADOW + action::COUNT;
 }
 
 /// `RuleEntry::flags` bits.
 pub mod rule_flags {
     /// redirect rule: TCP to port 443 is rejected (a reset) instead of redirected.
     pub const HTTPS_REJECT: u8 = 1;
+    /// A shadow rule (`mode = "shadow"`): it never decides a packet. Its entry is only ever
+    /// named by the shadow half of a range result (see [`super::dxr::SHADOW_SHIFT`]), and its
+    /// hits count in its rule counter and in `stat::SHADOW + action`.
+    pub const SHADOW: u8 = 2;
 }
 
 /// The value stored for every prefix in the address tables.
@@ -144,7 +151,9 @@ pub struct RuleMeta {
     pub action: u8,
     /// [`direction`] value.
     pub direction: u8,
-    pub _pad: [u8; 5],
+    /// [`mode`] value.
+    pub mode: u8,
+    pub _pad: [u8; 4],
     /// Number of prefixes the rule contributes.
     pub prefixes: u64,
 }
@@ -157,7 +166,8 @@ impl Default for RuleMeta {
             in_use: 0,
             action: 0,
             direction: 0,
-            _pad: [0; 5],
+            mode: mode::ENFORCE,
+            _pad: [0; 4],
             prefixes: 0,
         }
     }
@@ -190,6 +200,14 @@ pub struct TokenBucket {
     pub last_ns: u64,
 }
 const _: () = assert!(size_of::<TokenBucket>() == 16);
+
+/// `RuleMeta::mode` values.
+pub mod mode {
+    /// The rule decides what happens to the packets it matches.
+    pub const ENFORCE: u8 = 0;
+    /// The rule only counts the packets it would decide.
+    pub const SHADOW: u8 = 1;
+}
 
 /// Which address of the packet a rule matches.
 pub mod direction {
@@ -278,8 +296,18 @@ pub mod dxr {
         ((network as u64) << 32) | ((len as u64) << 24) | (rule_id as u64 & 0xff_ffff)
     }
 
-    /// A range: its first address in the high half, the result in the low half (0: no
-    /// match; n: the rule with id n - 1, whose entry is in `EB_RESULTS`).
+    /// A range result holds two rule references of 16 bits each, 0 for none, n for the rule
+    /// with id n - 1 (whose entry is in `EB_RESULTS`): the low half is the enforced rule (the
+    /// longest enforced prefix: it decides); the high half, shifted by this, is the shadow
+    /// rule whose prefix is the longest of all (enforced and shadow) holding the range, when
+    /// there is one.
+    pub const SHADOW_SHIFT: u32 = 16;
+    /// The enforced half of a range result.
+    pub const ENFORCED_MASK: u32 = (1 << SHADOW_SHIFT) - 1;
+    const _: () = assert!(super::MAX_RULES < ENFORCED_MASK);
+
+    /// A range: its first address in the high half, the result in the low half (see
+    /// [`SHADOW_SHIFT`]).
     #[inline(always)]
     pub const fn range(start: u32, result: u32) -> u64 {
         ((start as u64) << 32) | result as u64

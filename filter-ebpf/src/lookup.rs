@@ -8,7 +8,7 @@
 //! are, which keeps spread traffic over a million prefixes fast.
 
 use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
-use filter_common::{MAX_RULES, Range6, RuleEntry, action, active, direction, dxr};
+use filter_common::{MAX_RULES, Range6, RuleEntry, action, active, direction, dxr, rule_flags};
 
 /// Direct tables, one entry per chunk (`dxr::leaf` or `dxr::slice`, the slice's first index
 /// absolute in the range map of the table's direction, the copy's offset included).
@@ -40,7 +40,7 @@ static EB_RESULTS: Array<RuleEntry> = Array::with_max_entries(2 * MAX_RULES, 0);
 #[map(name = "EB_ACTIVE")]
 static EB_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
-/// The entry a range's result names in the active copy.
+/// The entry a rule reference (0: none, n: rule id n - 1) names in the active copy.
 #[inline(always)]
 fn result(copy: u32, result: u32) -> Option<&'static RuleEntry> {
     if result == 0 {
@@ -49,8 +49,8 @@ fn result(copy: u32, result: u32) -> Option<&'static RuleEntry> {
     EB_RESULTS.get(copy * MAX_RULES + (result - 1))
 }
 
-/// One table's answer for an address in `chunk`: the leaf's result, or the result of the
-/// range found in the chunk's slice by `search`.
+/// One table's result (`dxr::SHADOW_SHIFT`) for an address in `chunk`: the leaf's, or that
+/// of the range `search` finds in the chunk's slice; 0 when nothing matches.
 #[inline(always)]
 fn find<R>(
     direct: &'static Array<u64>,
@@ -60,18 +60,20 @@ fn find<R>(
     (copy, dir, chunk): (u32, u8, u32),
     at_or_before: impl Fn(&R) -> bool,
     value: impl Fn(&R) -> u32,
-) -> Option<&'static RuleEntry> {
-    let d = *direct.get((copy * 2 + u32::from(dir)) * chunks + chunk)?;
+) -> u32 {
+    let Some(&d) = direct.get((copy * 2 + u32::from(dir)) * chunks + chunk) else {
+        return 0;
+    };
     if d & dxr::LEAF != 0 {
-        return result(copy, d as u32);
+        return d as u32;
     }
     let lo = d as u32;
     let hi = lo.wrapping_add((d >> 32) as u32);
     if hi <= lo {
         // Every chunk holds at least one range: an empty slice is a table not yet written.
-        return None;
+        return 0;
     }
-    result(copy, value(search(ranges, (lo, hi), steps, at_or_before)?))
+    search(ranges, (lo, hi), steps, at_or_before).map_or(0, value)
 }
 
 /// The last range of the slice `[lo, hi)` that starts at or before the address, which
@@ -97,14 +99,10 @@ fn search<R>(
     ranges.get(lo)
 }
 
-/// The rule of the range holding `addr` in one direction's IPv4 table.
+/// The result (`dxr::SHADOW_SHIFT`) of the range holding `addr` in one direction's IPv4
+/// table; 0 when nothing matches.
 #[inline(always)]
-fn v4(
-    copy: u32,
-    dir: u8,
-    ranges: &'static Array<u64>,
-    addr: [u8; 4],
-) -> Option<&'static RuleEntry> {
+fn v4(copy: u32, dir: u8, ranges: &'static Array<u64>, addr: [u8; 4]) -> u32 {
     // Ranges compare as integers: one byte swap per lookup.
     let a = u32::from_be_bytes(addr);
     find(
@@ -120,12 +118,7 @@ fn v4(
 
 /// The IPv6 counterpart of `v4`: 128-bit starts compared as two 64-bit halves.
 #[inline(always)]
-fn v6(
-    copy: u32,
-    dir: u8,
-    ranges: &'static Array<Range6>,
-    addr: &[u8; 16],
-) -> Option<&'static RuleEntry> {
+fn v6(copy: u32, dir: u8, ranges: &'static Array<Range6>, addr: &[u8; 16]) -> u32 {
     let a = addr;
     let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
     let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
@@ -142,46 +135,109 @@ fn v6(
 
 /// `EB_ACTIVE`: the copy in use and which of its tables hold prefixes (`filter_common::active`).
 #[inline(always)]
-fn active() -> u32 {
+pub fn active() -> u32 {
     EB_ACTIVE.get(0).copied().unwrap_or(0)
 }
 
-/// `lookup()` when the table holds prefixes, else `None` without touching it.
+/// `lookup()` when the table holds prefixes, else 0 without touching it.
 #[inline(always)]
-fn when(
-    active: u32,
-    table: u32,
-    lookup: impl FnOnce() -> Option<&'static RuleEntry>,
-) -> Option<&'static RuleEntry> {
-    if active & table != 0 { lookup() } else { None }
+fn when(active: u32, table: u32, lookup: impl FnOnce() -> u32) -> u32 {
+    if active & table != 0 { lookup() } else { 0 }
 }
 
-/// Precedence (docs/policy.md): each direction resolves its own longest prefix; a blocking
-/// (non-pass) destination match decides, else a blocking source match, else a pass match
-/// (destination first), else nothing. The source table is not consulted when the destination
-/// already blocks.
-///
-/// References, not copies, all the way: an `Option<RuleEntry>` by value has undefined padding
-/// in its `None` form, which LLVM may spill from a clobbered register and the verifier rejects.
+/// The entry a [`Decision`] slot names (0: none; n: entry n - 1 of `EB_RESULTS`).
 #[inline(always)]
-fn decide(
-    dst: Option<&'static RuleEntry>,
-    src: impl FnOnce() -> Option<&'static RuleEntry>,
-) -> Option<&'static RuleEntry> {
-    match dst {
-        Some(d) if d.action != action::PASS => Some(d),
-        _ => match src() {
-            Some(s) if s.action != action::PASS => Some(s),
-            s => dst.or(s),
-        },
+pub fn entry(slot: u32) -> Option<&'static RuleEntry> {
+    if slot == 0 {
+        return None;
+    }
+    EB_RESULTS.get(slot - 1)
+}
+
+/// The `EB_RESULTS` slot of a rule reference in the active copy.
+#[inline(always)]
+fn slot(copy: u32, reference: u32) -> u32 {
+    if reference == 0 {
+        0
+    } else {
+        copy * MAX_RULES + reference
     }
 }
 
+/// Whether the rule a reference names blocks (is not pass).
 #[inline(always)]
-pub fn decide_v4(src: [u8; 4], dst: [u8; 4]) -> Option<&'static RuleEntry> {
-    let act = active();
+fn blocks(copy: u32, reference: u32) -> bool {
+    matches!(result(copy, reference), Some(e) if e.action != action::PASS)
+}
+
+/// Precedence between the directions' rule references: a blocking destination match, else a
+/// blocking source match, else a pass match (destination first), else nothing.
+#[inline(always)]
+fn pick(copy: u32, dst: u32, src: u32) -> u32 {
+    if blocks(copy, dst) {
+        dst
+    } else if blocks(copy, src) {
+        src
+    } else if dst != 0 {
+        dst
+    } else {
+        src
+    }
+}
+
+/// What the lookups decided for a packet, as `EB_RESULTS` slots ([`entry`]).
+///
+/// Plain integers rather than references: the verifier then sees one state, not one per
+/// combination of null and non-null pointers, when it walks the rest of the headers
+/// (`parse::finish`) after the lookups.
+pub struct Decision {
+    /// The enforced rule that decides, if any.
+    pub rule: u32,
+    /// The shadow rule that would decide if the shadow rules were enforced, if any.
+    pub shadow: u32,
+}
+
+/// Precedence (docs/policy.md): each direction resolves its own longest enforced prefix; a
+/// blocking destination match decides, else a blocking source match, else a pass match
+/// (destination first), else nothing. The source table is not consulted when the destination
+/// already blocks and holds no shadow rule.
+///
+/// Shadow rules (docs/policy.md, "Shadow mode") go through the same precedence with each
+/// direction's longest prefix of all rules in place of its longest enforced one; when the
+/// rule that wins that way is a shadow rule, it is the shadow hit. The enforced answer never
+/// depends on the shadow halves.
+#[inline(always)]
+fn decide(copy: u32, dst: u32, src: impl FnOnce() -> u32) -> Decision {
+    let d = dst & dxr::ENFORCED_MASK;
+    let dst_shadow = dst >> dxr::SHADOW_SHIFT;
+    if dst_shadow == 0 && blocks(copy, d) {
+        return Decision {
+            rule: slot(copy, d),
+            shadow: 0,
+        };
+    }
+    let src = src();
+    let s = src & dxr::ENFORCED_MASK;
+    let src_shadow = src >> dxr::SHADOW_SHIFT;
+    let rule = slot(copy, pick(copy, d, s));
+    if dst_shadow | src_shadow == 0 {
+        return Decision { rule, shadow: 0 };
+    }
+    let wd = if dst_shadow != 0 { dst_shadow } else { d };
+    let ws = if src_shadow != 0 { src_shadow } else { s };
+    let w = pick(copy, wd, ws);
+    let shadow = match result(copy, w) {
+        Some(e) if e.flags & rule_flags::SHADOW != 0 => slot(copy, w),
+        _ => 0,
+    };
+    Decision { rule, shadow }
+}
+
+#[inline(always)]
+pub fn decide_v4(act: u32, src: [u8; 4], dst: [u8; 4]) -> Decision {
     let copy = act & active::COPY;
     decide(
+        copy,
         when(act, active::V4_DST, || {
             v4(copy, direction::DST, &EB_V4_RNG_DST, dst)
         }),
@@ -194,10 +250,10 @@ pub fn decide_v4(src: [u8; 4], dst: [u8; 4]) -> Option<&'static RuleEntry> {
 }
 
 #[inline(always)]
-pub fn decide_v6(src: &[u8; 16], dst: &[u8; 16]) -> Option<&'static RuleEntry> {
-    let act = active();
+pub fn decide_v6(act: u32, src: &[u8; 16], dst: &[u8; 16]) -> Decision {
     let copy = act & active::COPY;
     decide(
+        copy,
         when(act, active::V6_DST, || {
             v6(copy, direction::DST, &EB_V6_RNG_DST, dst)
         }),

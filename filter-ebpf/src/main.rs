@@ -40,14 +40,15 @@ static EB_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "EB_REJECT_TB")]
 static EB_REJECT_TB: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 
-/// What the entry point does with a frame, decided by `try_filter`.
+/// What the entry point does with a frame, decided by `try_filter`. The shadow rule, when
+/// there is one, is only counted: it never changes the verdict.
 enum Outcome {
     /// Not IPv4/IPv6: ARP, LLDP, ...
     NonIp,
-    /// IP, no rule matched either address.
-    NoMatch,
-    /// A rule decided.
-    Rule(&'static RuleEntry, Packet),
+    /// IP, no enforced rule matched either address.
+    NoMatch(Option<&'static RuleEntry>),
+    /// An enforced rule decided.
+    Rule(&'static RuleEntry, Option<&'static RuleEntry>, Packet),
 }
 
 // `frags`: the program copes with multi-buffer frames (it only reads headers from the linear
@@ -58,37 +59,30 @@ pub fn edgeblock(ctx: XdpContext) -> u32 {
     // packet as it arrived, before any rewrite.
     // SAFETY: ctx.ctx is the xdp_md the kernel passed to this program.
     let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
-    match try_filter(&ctx, len) {
+    // Once per packet: the table copy and which of its tables to search.
+    let act = lookup::active();
+    match try_filter(&ctx, act, len) {
         Ok(Outcome::NonIp) => {
             count(&EB_STATS, stat::NON_IP, len);
             XDP_PASS
         }
-        Ok(Outcome::NoMatch) => {
+        Ok(Outcome::NoMatch(shadow)) => {
             count(&EB_STATS, stat::NO_MATCH, len);
+            if let Some(s) = shadow {
+                count_shadow(s, len);
+            }
             XDP_PASS
         }
-        Ok(Outcome::Rule(entry, pkt)) => {
+        Ok(Outcome::Rule(entry, shadow, pkt)) => {
             count(&EB_RULE_STATS, entry.rule_id, len);
             count(&EB_STATS, u32::from(entry.action), len);
+            if let Some(s) = shadow {
+                count_shadow(s, len);
+            }
             match entry.action {
                 action::PASS => XDP_PASS,
                 action::DROP => XDP_DROP,
-                action::REJECT => reject(&ctx, &pkt, len),
-                action::REDIRECT
-                    if entry.flags & rule_flags::HTTPS_REJECT != 0 && is_https(&ctx, &pkt) =>
-                {
-                    reject(&ctx, &pkt, len)
-                }
-                action::REDIRECT => match redirect::redirect(&ctx, &pkt, entry.target) {
-                    Some(verdict) => verdict,
-                    None => {
-                        count(&EB_STATS, stat::REDIRECT_FAILED, len);
-                        XDP_DROP
-                    }
-                },
-                // Userspace never writes another action: a value we do not know is a bug,
-                // made visible through the xdp:xdp_exception tracepoint.
-                _ => XDP_ABORTED,
+                _ => rewrite(&ctx, entry, &pkt, len),
             }
         }
         Err(ParseError::Malformed) => {
@@ -107,21 +101,51 @@ pub fn edgeblock(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Reject and redirect: the actions that rewrite the frame.
+#[inline(always)]
+fn rewrite(ctx: &XdpContext, entry: &RuleEntry, pkt: &Packet, len: u64) -> u32 {
+    match entry.action {
+        action::REJECT => reject(ctx, pkt, len),
+        action::REDIRECT if entry.flags & rule_flags::HTTPS_REJECT != 0 && is_https(ctx, pkt) => {
+            reject(ctx, pkt, len)
+        }
+        action::REDIRECT => match redirect::redirect(ctx, pkt, entry.target) {
+            Some(verdict) => verdict,
+            None => {
+                count(&EB_STATS, stat::REDIRECT_FAILED, len);
+                XDP_DROP
+            }
+        },
+        // Userspace never writes another action: a value we do not know is a bug,
+        // made visible through the xdp:xdp_exception tracepoint.
+        _ => XDP_ABORTED,
+    }
+}
+
 /// Headers, lookups, then the rest of the headers (the IPv6 extension-header walk): a packet
 /// whose headers do not hold together is malformed whatever its addresses match.
 #[inline(always)]
-fn try_filter(ctx: &XdpContext, len: u64) -> Result<Outcome, ParseError> {
+fn try_filter(ctx: &XdpContext, act: u32, len: u64) -> Result<Outcome, ParseError> {
     let fixed = parse::headers(ctx, len as usize)?;
-    let entry = match fixed.family {
-        parse::FAMILY_V4 => lookup::decide_v4(fixed.src4(), fixed.dst4()),
-        parse::FAMILY_V6 => lookup::decide_v6(&fixed.src, &fixed.dst),
+    let decision = match fixed.family {
+        parse::FAMILY_V4 => lookup::decide_v4(act, fixed.src4(), fixed.dst4()),
+        parse::FAMILY_V6 => lookup::decide_v6(act, &fixed.src, &fixed.dst),
         _ => return Ok(Outcome::NonIp),
     };
     let pkt = parse::finish(ctx, &fixed)?;
-    Ok(match entry {
-        Some(e) => Outcome::Rule(e, pkt),
-        None => Outcome::NoMatch,
+    let shadow = lookup::entry(decision.shadow);
+    Ok(match lookup::entry(decision.rule) {
+        Some(e) => Outcome::Rule(e, shadow, pkt),
+        None => Outcome::NoMatch(shadow),
     })
+}
+
+/// A shadow rule's hit: its rule counter and the shadow total of its action. It never
+/// changes the verdict.
+#[inline(always)]
+fn count_shadow(s: &RuleEntry, len: u64) {
+    count(&EB_RULE_STATS, s.rule_id, len);
+    count(&EB_STATS, stat::SHADOW + u32::from(s.action & 3), len);
 }
 
 /// Answer the packet (TCP reset, ICMP unreachable) if it may be answered and the rate limit

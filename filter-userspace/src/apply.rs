@@ -269,6 +269,8 @@ pub struct Plan {
     pub metas: Vec<(u32, RuleMeta)>,
     /// Ids allocated by this plan: counters are zeroed before use.
     pub new_ids: Vec<u32>,
+    /// Ids whose rule changes mode (shadow, enforce): counters zeroed too.
+    pub recounted: Vec<u32>,
     /// Ids whose rule is gone.
     pub freed: Vec<u32>,
     pub rules_added: Vec<String>,
@@ -320,6 +322,7 @@ impl Plan {
         let mut next_free = 0u32;
         let mut ids = Vec::with_capacity(compiled.rules.len());
         let mut new_ids = Vec::new();
+        let mut recounted = Vec::new();
         let mut metas = Vec::new();
         let (mut rules_added, mut rules_changed) = (Vec::new(), Vec::new());
         let mut names: BTreeMap<u32, String> = live
@@ -333,6 +336,12 @@ impl Plan {
                     let old = &live.metas[&id];
                     if old.action != rule.action || old.direction != rule.direction {
                         rules_changed.push(rule.name.clone());
+                    }
+                    // A shadow rule's counter holds what it would have done; once enforced,
+                    // what it did (and the other way round): not one sum.
+                    if old.mode != rule.mode {
+                        rules_changed.push(rule.name.clone());
+                        recounted.push(id);
                     }
                     id
                 }
@@ -361,6 +370,7 @@ impl Plan {
                     in_use: 1,
                     action: rule.action,
                     direction: rule.direction,
+                    mode: rule.mode,
                     prefixes: rule.prefixes,
                     ..RuleMeta::default()
                 },
@@ -394,10 +404,10 @@ impl Plan {
         let want_dst_v6 = desired(&t.dst_v6, &ids, compiled);
         let want_src_v6 = desired(&t.src_v6, &ids, compiled);
         let v4 = |t: &BTreeMap<Ipv4Net, RuleEntry>| {
-            Built::new(t, Dxr::build(t.iter().map(|(p, e)| (*p, e.rule_id + 1))))
+            Built::new(t, Dxr::build(t.iter().map(|(p, e)| (*p, reference(e)))))
         };
         let v6 = |t: &BTreeMap<Ipv6Net, RuleEntry>| {
-            Built::new(t, Dxr::build_v6(t.iter().map(|(p, e)| (*p, e.rule_id + 1))))
+            Built::new(t, Dxr::build_v6(t.iter().map(|(p, e)| (*p, reference(e)))))
         };
         let (v4_dst, v4_src) = (v4(&want_dst_v4), v4(&want_src_v4));
         let (v6_dst, v6_src) = (v6(&want_dst_v6), v6(&want_src_v6));
@@ -423,6 +433,7 @@ impl Plan {
         Ok(Self {
             metas,
             new_ids,
+            recounted,
             freed,
             rules_added,
             rules_removed,
@@ -557,7 +568,7 @@ impl Plan {
     /// Write the plan, in the gap-free order described at the top of this module.
     pub fn execute(&self, maps: &mut Maps) -> Result<(), ApplyError> {
         self.check_capacity(maps)?;
-        for id in &self.new_ids {
+        for id in self.new_ids.iter().chain(&self.recounted) {
             maps.reset_rule_counter(*id)?;
         }
         for (id, meta) in &self.metas {
@@ -696,6 +707,16 @@ impl Plan {
         table(self, out, &self.src_v4, limit)?;
         table(self, out, &self.dst_v6, limit)?;
         table(self, out, &self.src_v6, limit)
+    }
+}
+
+/// What a range result holds for an entry (`filter_common::dxr::SHADOW_SHIFT`): an enforced
+/// rule in the low half, a shadow rule in the high half.
+fn reference(e: &RuleEntry) -> u32 {
+    if e.flags & filter_common::rule_flags::SHADOW != 0 {
+        (e.rule_id + 1) << filter_common::dxr::SHADOW_SHIFT
+    } else {
+        e.rule_id + 1
     }
 }
 

@@ -25,7 +25,7 @@ use filter_common::rule_flags;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sha2::{Digest, Sha256};
 
-use crate::policy::{Action, Direction, HttpsMode, Location, Policy};
+use crate::policy::{Action, Direction, HttpsMode, Location, Mode, Policy};
 
 /// A rule as the kernel's rule table and counters see it. Its index in [`Compiled::rules`] is
 /// its rule id.
@@ -37,8 +37,10 @@ pub struct CompiledRule {
     /// [`filter_common::direction`] value.
     pub direction: u8,
     /// [`filter_common::rule_flags`] bits: `HTTPS_REJECT` for a `redirect` rule with
-    /// `https = "reject"`, else 0.
+    /// `https = "reject"`, `SHADOW` for a shadow rule.
     pub flags: u8,
+    /// [`filter_common::mode`] value.
+    pub mode: u8,
     /// For a `redirect` rule, its notice target's index in [`Compiled::notices`]; else 0.
     pub target: u16,
     /// Prefixes this rule put in the tables.
@@ -48,9 +50,15 @@ pub struct CompiledRule {
 }
 
 impl CompiledRule {
-    /// True for any action other than pass: what lockout protection cares about.
+    /// True for an enforced rule with any action other than pass: what lockout protection
+    /// cares about. A shadow rule never blocks anything.
     pub fn blocks(&self) -> bool {
-        self.action != filter_common::action::PASS
+        self.action != filter_common::action::PASS && !self.is_shadow()
+    }
+
+    /// A shadow rule: it only counts what it would do.
+    pub fn is_shadow(&self) -> bool {
+        self.mode == filter_common::mode::SHADOW
     }
 }
 
@@ -109,11 +117,20 @@ macro_rules! impl_prefix {
 impl_prefix!(Ipv4Net, Ipv4Addr, 32);
 impl_prefix!(Ipv6Net, Ipv6Addr, 128);
 
-fn longest_match<P: Prefix>(table: &BTreeMap<P, usize>, addr: P::Addr) -> Option<(IpNet, usize)> {
+fn longest_match<P: Prefix>(
+    table: &BTreeMap<P, usize>,
+    addr: P::Addr,
+    keep: impl Fn(usize) -> bool,
+) -> Option<(IpNet, usize)> {
     (0..=P::MAX_LEN)
         .rev()
         .filter_map(|len| P::covering(addr, len))
-        .find_map(|net| table.get(&net).map(|&rule| (net.into(), rule)))
+        .find_map(|net| {
+            table
+                .get(&net)
+                .filter(|&&rule| keep(rule))
+                .map(|&rule| (net.into(), rule))
+        })
 }
 
 fn hash_table<P: Prefix>(
@@ -154,11 +171,21 @@ impl Tables {
     /// Longest-prefix match for `addr` in `direction`'s table of its family: the matching
     /// prefix and its rule index.
     pub fn lookup(&self, direction: Direction, addr: IpAddr) -> Option<(IpNet, usize)> {
+        self.lookup_where(direction, addr, |_| true)
+    }
+
+    /// [`Tables::lookup`] among the entries whose rule index `keep` accepts.
+    pub fn lookup_where(
+        &self,
+        direction: Direction,
+        addr: IpAddr,
+        keep: impl Fn(usize) -> bool,
+    ) -> Option<(IpNet, usize)> {
         match (direction, addr) {
-            (Direction::Dst, IpAddr::V4(a)) => longest_match(&self.dst_v4, a),
-            (Direction::Src, IpAddr::V4(a)) => longest_match(&self.src_v4, a),
-            (Direction::Dst, IpAddr::V6(a)) => longest_match(&self.dst_v6, a),
-            (Direction::Src, IpAddr::V6(a)) => longest_match(&self.src_v6, a),
+            (Direction::Dst, IpAddr::V4(a)) => longest_match(&self.dst_v4, a, keep),
+            (Direction::Src, IpAddr::V4(a)) => longest_match(&self.src_v4, a, keep),
+            (Direction::Dst, IpAddr::V6(a)) => longest_match(&self.dst_v6, a, keep),
+            (Direction::Src, IpAddr::V6(a)) => longest_match(&self.src_v6, a, keep),
         }
     }
 
@@ -268,10 +295,28 @@ impl Verdict {
 }
 
 impl Compiled {
-    /// One direction's answer: the longest-prefix match for `addr` in that direction's table.
-    /// [`Verdict::NO_MATCH`] if nothing matches.
+    fn is_shadow(&self, rule: usize) -> bool {
+        self.rules.get(rule).is_some_and(CompiledRule::is_shadow)
+    }
+
+    /// One direction's answer: the longest-prefix match for `addr` among that direction's
+    /// enforced rules. [`Verdict::NO_MATCH`] if nothing matches.
     pub fn resolve(&self, direction: Direction, addr: IpAddr) -> Verdict {
-        let Some((prefix, rule)) = self.tables.lookup(direction, addr) else {
+        self.verdict_of(
+            direction,
+            self.tables
+                .lookup_where(direction, addr, |r| !self.is_shadow(r)),
+        )
+    }
+
+    /// One direction's answer if the shadow rules were enforced too: the longest-prefix match
+    /// among all its rules.
+    pub fn resolve_all(&self, direction: Direction, addr: IpAddr) -> Verdict {
+        self.verdict_of(direction, self.tables.lookup(direction, addr))
+    }
+
+    fn verdict_of(&self, direction: Direction, found: Option<(IpNet, usize)>) -> Verdict {
+        let Some((prefix, rule)) = found else {
             return Verdict::NO_MATCH;
         };
         Verdict {
@@ -295,18 +340,29 @@ impl Compiled {
     /// from either direction wins (destination first); a pass exception only overrides blocks
     /// in its own direction.
     pub fn verdict(&self, dst: IpAddr, src: IpAddr) -> Verdict {
-        let by_dst = self.resolve(Direction::Dst, dst);
-        let by_src = self.resolve(Direction::Src, src);
-        let blocks = |v: &Verdict| v.rule.is_some() && v.action != filter_common::action::PASS;
-        [by_dst, by_src]
-            .into_iter()
-            .find(blocks)
-            .or_else(|| [by_dst, by_src].into_iter().find(|v| v.rule.is_some()))
-            .unwrap_or(Verdict::NO_MATCH)
+        precedence(
+            self.resolve(Direction::Dst, dst),
+            self.resolve(Direction::Src, src),
+        )
+    }
+
+    /// The shadow hit of a packet from `src` to `dst`, if it has one: the verdict of the
+    /// policy with its shadow rules enforced too (each direction's longest prefix among all
+    /// rules, then the same precedence as [`Compiled::verdict`]), when the deciding rule is a
+    /// shadow rule. It never changes [`Compiled::verdict`].
+    pub fn shadow(&self, dst: IpAddr, src: IpAddr) -> Option<Verdict> {
+        let would = precedence(
+            self.resolve_all(Direction::Dst, dst),
+            self.resolve_all(Direction::Src, src),
+        );
+        would
+            .rule
+            .is_some_and(|r| self.is_shadow(r))
+            .then_some(would)
     }
 
     /// SHA-256 over a canonical serialisation of what the kernel will hold: the malformed
-    /// setting and the reject limits, each rule in id order (name, action, direction, flags,
+    /// setting and the reject limits, each rule in id order (name, action, direction, flags, mode,
     /// target), each notice target in index order (name, interface, next hop), then every table
     /// entry in sorted order (dst v4, src v4, dst v6, src v6). The `hash` field itself is not
     /// read. Comments, expiry dates, `allow_local`, `protect`, the notice text, URL and status
@@ -320,14 +376,14 @@ impl Compiled {
             h.update((b.len() as u64).to_le_bytes());
             h.update(b);
         };
-        h.update(b"edgeblock-policy-v2\0");
+        h.update(b"edgeblock-policy-v3\0");
         h.update([self.malformed]);
         h.update(self.reject_rate.to_le_bytes());
         h.update(self.reject_burst.to_le_bytes());
         h.update((self.rules.len() as u64).to_le_bytes());
         for rule in &self.rules {
             bytes(&mut h, rule.name.as_bytes());
-            h.update([rule.action, rule.direction, rule.flags]);
+            h.update([rule.action, rule.direction, rule.flags, rule.mode]);
             h.update(rule.target.to_le_bytes());
         }
         h.update((self.notices.len() as u64).to_le_bytes());
@@ -351,6 +407,16 @@ impl Compiled {
         hash_table(&mut h, 6, Direction::Src, &self.tables.src_v6);
         h.finalize().into()
     }
+}
+
+/// A destination block, a source block, a destination pass, a source pass, no match.
+fn precedence(by_dst: Verdict, by_src: Verdict) -> Verdict {
+    let blocks = |v: &Verdict| v.rule.is_some() && v.action != filter_common::action::PASS;
+    [by_dst, by_src]
+        .into_iter()
+        .find(blocks)
+        .or_else(|| [by_dst, by_src].into_iter().find(|v| v.rule.is_some()))
+        .unwrap_or(Verdict::NO_MATCH)
 }
 
 /// Turn a validated policy into map contents. Rule ids are the rules' positions in the policy;
@@ -400,11 +466,16 @@ pub fn compile(policy: &Policy) -> Compiled {
                 }
                 _ => (0, 0),
             };
+            let flags = match rule.mode {
+                Mode::Shadow => flags | rule_flags::SHADOW,
+                Mode::Enforce => flags,
+            };
             CompiledRule {
                 name: rule.name.clone(),
                 action: rule.action.as_u8(),
                 direction: rule.direction.as_u8(),
                 flags,
+                mode: rule.mode.as_u8(),
                 target,
                 prefixes: added as u64,
                 allow_local: rule.allow_local,
@@ -724,6 +795,64 @@ prefixes = ["198.51.100.0/24"]
                 ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
             ),
             Some((net("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"), 1))
+        );
+    }
+
+    #[test]
+    fn shadow_rules_never_change_the_verdict() {
+        let c = compiled(
+            r#"
+[[rule]]
+name = "wide"
+action = "drop"
+prefixes = ["10.0.0.0/16"]
+
+[[rule]]
+name = "shadow-inside"
+action = "pass"
+mode = "shadow"
+prefixes = ["10.0.1.0/24"]
+
+[[rule]]
+name = "shadow-wide"
+action = "drop"
+mode = "shadow"
+prefixes = ["172.16.0.0/12"]
+
+[[rule]]
+name = "inside-shadow"
+action = "pass"
+prefixes = ["172.16.1.0/24"]
+"#,
+        );
+        let any = ip("192.0.2.1");
+        let rule = |name: &str| c.rules.iter().position(|r| r.name == name);
+        // The shadow pass does not carve a hole in the enforced /16; it counts.
+        let v = c.verdict(ip("10.0.1.1"), any);
+        assert_eq!((v.action, v.rule), (DROP, rule("wide")));
+        let s = c.shadow(ip("10.0.1.1"), any).expect("a shadow hit");
+        assert_eq!((s.action, s.rule), (PASS, rule("shadow-inside")));
+        // The shadow drop adds no drop.
+        assert_eq!(c.verdict(ip("172.16.9.9"), any), Verdict::NO_MATCH);
+        let s = c.shadow(ip("172.16.9.9"), any).expect("a shadow hit");
+        assert_eq!((s.action, s.rule), (DROP, rule("shadow-wide")));
+        // The longer enforced prefix inside the shadow one would still decide: no hit.
+        let v = c.verdict(ip("172.16.1.1"), any);
+        assert_eq!((v.action, v.rule), (PASS, rule("inside-shadow")));
+        assert_eq!(c.shadow(ip("172.16.1.1"), any), None);
+        assert_eq!(c.shadow(ip("10.0.2.1"), any), None);
+        // Shadow rules never block for lockout purposes, and their flag reaches the kernel.
+        let shadow = &c.rules[rule("shadow-wide").expect("rule")];
+        assert!(!shadow.blocks() && shadow.is_shadow());
+        assert_eq!(shadow.flags & rule_flags::SHADOW, rule_flags::SHADOW);
+    }
+
+    #[test]
+    fn the_mode_is_part_of_the_hash() {
+        let text = "[[rule]]\nname = \"a\"\naction = \"drop\"\nprefixes = [\"10.0.0.0/8\"]\n";
+        assert_ne!(
+            compiled(text).hash,
+            compiled(&format!("mode = \"shadow\"\n{text}")).hash
         );
     }
 

@@ -2,10 +2,13 @@
 //! IPv6 alike.
 //!
 //! A table is the whole address space cut into ranges, each with one result: 0 for "no prefix",
-//! or `rule_id + 1` of the longest prefix covering it. Ranges never cross a chunk (the top 20
-//! IPv4 or 16 IPv6 address bits), every chunk's slice starts at the chunk's first address, and
-//! neighbours in a chunk with the same result are merged. `direct[c]` is the index of chunk
-//! `c`'s first range, `direct[chunks]` the number of ranges.
+//! or `rule_id + 1` of the longest prefix covering it. Shadow rules come in as
+//! `(rule_id + 1) << SHADOW_SHIFT`, and a range's result is then the longest enforced prefix's
+//! reference in the low half with, in the high half, the shadow rule whose prefix is the
+//! longest of all when there is one (`filter_common::dxr::SHADOW_SHIFT`). Ranges never cross
+//! a chunk (the top 20 IPv4 or 16 IPv6 address bits), every chunk's slice starts at the
+//! chunk's first address, and neighbours in a chunk with the same result are merged.
+//! `direct[c]` is the index of chunk `c`'s first range, `direct[chunks]` the number of ranges.
 //!
 //! [`Packed`] is the form the maps hold: a chunk with one result becomes a leaf of the direct
 //! table and stores no range, so only chunks where prefixes begin or end cost ranges, at most
@@ -91,7 +94,16 @@ impl Dxr {
                 b.emit(c, first - 1, open.last().map_or(0, |o| o.1));
                 cur = Some(first);
             }
-            open.push((last, result));
+            // Nested spans: the innermost decides. An enforced span replaces both halves (it is
+            // the longest prefix of all, and the longest enforced one); a shadow span keeps
+            // the enforced half of the span around it.
+            let inherited = open.last().map_or(0, |o| o.1) & dxr::ENFORCED_MASK;
+            let combined = if result > dxr::ENFORCED_MASK {
+                (result & !dxr::ENFORCED_MASK) | inherited
+            } else {
+                result
+            };
+            open.push((last, combined));
         }
         while let Some((end, r)) = open.pop() {
             if let Some(c) = cur
@@ -344,6 +356,25 @@ mod tests {
                 "packed, address {addr}"
             );
         }
+    }
+
+    #[test]
+    fn shadow_halves_hold_the_longest_prefix_when_it_is_a_shadow_rule() {
+        let shadow = |r: u32| r << dxr::SHADOW_SHIFT;
+        let t = Dxr::build([
+            (net("10.0.0.0/8"), 1),
+            (net("10.1.0.0/16"), shadow(2)),
+            (net("10.1.1.0/24"), 3),
+            (net("10.1.1.128/25"), shadow(4)),
+            (net("192.168.0.0/16"), shadow(5)),
+        ]);
+        let at = |a: &str| t.lookup(u128::from(u32::from(a.parse::<Ipv4Addr>().expect("addr"))));
+        assert_eq!(at("10.9.0.1"), 1);
+        assert_eq!(at("10.1.9.1"), 1 | shadow(2), "enforced /8, shadow /16");
+        assert_eq!(at("10.1.1.1"), 3, "the enforced /24 is longest: no shadow");
+        assert_eq!(at("10.1.1.200"), 3 | shadow(4));
+        assert_eq!(at("192.168.3.3"), shadow(5), "shadow alone");
+        assert_eq!(at("172.16.0.1"), 0);
     }
 
     #[test]

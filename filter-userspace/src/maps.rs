@@ -422,6 +422,11 @@ pub struct GlobalStats {
     pub malformed_dropped: CounterJson,
     pub reject_unanswered: CounterJson,
     pub redirect_failed: CounterJson,
+    /// What shadow rules would have done, by action.
+    pub shadow_pass: CounterJson,
+    pub shadow_drop: CounterJson,
+    pub shadow_redirect: CounterJson,
+    pub shadow_reject: CounterJson,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -601,6 +606,10 @@ impl Maps {
             malformed_dropped: get(stat::MALFORMED_DROPPED)?,
             reject_unanswered: get(stat::REJECT_UNANSWERED)?,
             redirect_failed: get(stat::REDIRECT_FAILED)?,
+            shadow_pass: get(stat::SHADOW + u32::from(action::PASS))?,
+            shadow_drop: get(stat::SHADOW + u32::from(action::DROP))?,
+            shadow_redirect: get(stat::SHADOW + u32::from(action::REDIRECT))?,
+            shadow_reject: get(stat::SHADOW + u32::from(action::REJECT))?,
         })
     }
 

@@ -58,6 +58,41 @@ impl fmt::Display for Location {
     }
 }
 
+/// Whether a rule decides what happens to the packets it matches, or only counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// The default: the rule's action is carried out.
+    #[default]
+    Enforce,
+    /// The rule never changes a verdict; what it would have done is counted and sampled
+    /// (docs/policy.md, "Shadow mode").
+    Shadow,
+}
+
+impl Mode {
+    /// The [`filter_common::mode`] value.
+    pub const fn as_u8(self) -> u8 {
+        match self {
+            Self::Enforce => filter_common::mode::ENFORCE,
+            Self::Shadow => filter_common::mode::SHADOW,
+        }
+    }
+
+    /// The spelling used in the policy file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Shadow => "shadow",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which address of a packet a rule matches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
@@ -264,6 +299,8 @@ pub struct Rule {
     pub name: String,
     pub direction: Direction,
     pub action: Action,
+    /// Shadow when the rule or the whole policy says `mode = "shadow"`.
+    pub mode: Mode,
     /// Deduplicated, in the order written (inline `prefixes` first, then each include).
     pub prefixes: Vec<PrefixEntry>,
     pub comment: Option<String>,
@@ -293,6 +330,8 @@ pub struct Policy {
     pub reject_rate: u32,
     /// `reject` token-bucket size per CPU.
     pub reject_burst: u32,
+    /// The top-level `mode`: `Shadow` puts every rule in shadow mode.
+    pub mode: Mode,
     /// Every rule that blocks (drop, reject, redirect) must carry a `reference`.
     pub require_reference: bool,
     /// Distinct trusted keys that must have signed this policy before a host that checks
@@ -636,6 +675,14 @@ pub enum PolicyError {
     #[error("{location}: malformed = {value:?} is not valid; expected \"drop\" or \"pass\"")]
     BadMalformed { location: Location, value: String },
 
+    #[error("{location}: {}mode = {value:?} is not valid; expected \"enforce\" or \"shadow\"", rule.as_ref().map(|r| format!("rule {r:?}: ")).unwrap_or_default())]
+    BadMode {
+        location: Location,
+        /// `None` for the top-level key.
+        rule: Option<String>,
+        value: String,
+    },
+
     #[error(
         "{location}: {key} = {value} is out of range; expected {} to {}",
         range.start(),
@@ -872,6 +919,7 @@ pub fn parse(
         },
     };
 
+    let mode = v.mode(raw.mode.as_ref(), None).unwrap_or_default();
     let reject_rate = v.reject_limit(
         "reject_rate",
         raw.reject_rate.as_ref(),
@@ -918,6 +966,12 @@ pub fn parse(
         .into_iter()
         .filter(|c| !c.expired)
         .filter_map(Candidate::into_rule)
+        .map(|mut rule| {
+            if mode == Mode::Shadow {
+                rule.mode = Mode::Shadow;
+            }
+            rule
+        })
         .collect();
     Ok(Policy {
         path: path.to_path_buf(),
@@ -927,6 +981,7 @@ pub fn parse(
         notices,
         reject_rate,
         reject_burst,
+        mode,
         require_reference: raw.require_reference,
         signatures_required,
         notes: v.notes,
@@ -1197,6 +1252,7 @@ struct RawPolicy {
     protect: Vec<Spanned<String>>,
     reject_rate: Option<Spanned<i64>>,
     reject_burst: Option<Spanned<i64>>,
+    mode: Option<Spanned<String>>,
     #[serde(default)]
     require_reference: bool,
     signatures_required: Option<Spanned<i64>>,
@@ -1220,6 +1276,7 @@ struct RawRule {
     name: Spanned<String>,
     direction: Option<Spanned<String>>,
     action: Spanned<String>,
+    mode: Option<Spanned<String>>,
     #[serde(default)]
     prefixes: Vec<Spanned<String>>,
     #[serde(default)]
@@ -1244,6 +1301,7 @@ struct Candidate {
     location: Location,
     direction: Option<Direction>,
     action: Option<Action>,
+    mode: Option<Mode>,
     prefixes: Vec<PrefixEntry>,
     comment: Option<String>,
     reference: Option<String>,
@@ -1266,6 +1324,7 @@ impl Candidate {
             name: self.name,
             direction: self.direction?,
             action,
+            mode: self.mode?,
             prefixes: self.prefixes,
             comment: self.comment,
             reference: self.reference,
@@ -1384,6 +1443,7 @@ impl Validator<'_> {
                 None
             }
         };
+        let mode = self.mode(raw.mode.as_ref(), Some(&name));
         let notice = self.rule_notice(raw, &name, action, known);
         // The notice server picks the page by the packet's destination, and redirecting a
         // source's traffic would send it to a server with no page for where it was going.
@@ -1546,6 +1606,7 @@ impl Validator<'_> {
             location,
             direction,
             action,
+            mode,
             prefixes,
             comment: raw.comment.clone(),
             reference,
@@ -1667,6 +1728,25 @@ impl Validator<'_> {
             status: status?,
             https: https?,
         })
+    }
+
+    /// A `mode` value, top-level (`rule` = `None`) or a rule's; `None` after an error.
+    fn mode(&mut self, raw: Option<&Spanned<String>>, rule: Option<&str>) -> Option<Mode> {
+        let Some(value) = raw else {
+            return Some(Mode::default());
+        };
+        match value.get_ref().as_str() {
+            "enforce" => Some(Mode::Enforce),
+            "shadow" => Some(Mode::Shadow),
+            other => {
+                self.errors.push(PolicyError::BadMode {
+                    location: self.at(value),
+                    rule: rule.map(str::to_owned),
+                    value: other.to_string(),
+                });
+                None
+            }
+        }
     }
 
     fn reject_limit(
@@ -2229,6 +2309,46 @@ prefixes = ["203.0.113.0/24"]
         one_error(
             "malformed = \"ignore\"\n",
             &["policy.toml:1:", "\"ignore\""],
+        );
+    }
+
+    #[test]
+    fn modes() {
+        let p = ok(
+            "mode = \"shadow\"\n[[rule]]\nname = \"a\"\naction = \"drop\"\nprefixes = [\"10.0.0.0/8\"]\n",
+        );
+        assert_eq!(p.mode, Mode::Shadow);
+        assert_eq!(
+            p.rules[0].mode,
+            Mode::Shadow,
+            "a shadow policy shadows every rule"
+        );
+        let p = ok(
+            "[[rule]]\nname = \"a\"\naction = \"drop\"\nmode = \"shadow\"\n\
+                    prefixes = [\"10.0.0.0/8\"]\n[[rule]]\nname = \"b\"\naction = \"drop\"\n\
+                    mode = \"enforce\"\nprefixes = [\"10.1.0.0/16\"]\n",
+        );
+        assert_eq!(p.mode, Mode::Enforce);
+        assert_eq!(
+            (p.rules[0].mode, p.rules[1].mode),
+            (Mode::Shadow, Mode::Enforce)
+        );
+        let errors = errors(
+            "mode = \"dry-run\"\n[[rule]]\nname = \"a\"\naction = \"drop\"\n\
+             mode = \"Shadow\"\nprefixes = [\"10.0.0.0/8\"]\n",
+        );
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert_contains(
+            &errors[0],
+            &[
+                "policy.toml:1:",
+                "mode = \"dry-run\"",
+                "\"enforce\" or \"shadow\"",
+            ],
+        );
+        assert_contains(
+            &errors[1],
+            &["policy.toml:5:", "rule \"a\": mode = \"Shadow\""],
         );
     }
 

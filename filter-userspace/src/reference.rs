@@ -109,6 +109,20 @@ pub fn evaluate(compiled: &Compiled, frame: &[u8]) -> Outcome {
     }
 }
 
+/// The shadow hit of a frame (docs/policy.md, "Shadow mode"): the shadow rule's index and the
+/// action it would have taken. The program counts it in the rule's counter and in the shadow
+/// total of that action, beside whatever [`evaluate`] says; a frame that is not IP, or is
+/// malformed, has none.
+pub fn shadow(compiled: &Compiled, frame: &[u8]) -> Option<(usize, u8)> {
+    let (dst, src) = match parse(frame) {
+        Parsed::NonIp | Parsed::Malformed => return None,
+        Parsed::V4 { src, dst } => (IpAddr::V4(dst), IpAddr::V4(src)),
+        Parsed::V6 { src, dst } => (IpAddr::V6(dst), IpAddr::V6(src)),
+    };
+    let v = compiled.shadow(dst, src)?;
+    Some((v.rule?, v.action))
+}
+
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;

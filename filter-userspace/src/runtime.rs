@@ -276,6 +276,8 @@ pub fn merge(
             name: rule_name(action, direction),
             direction: direction.direction(),
             action: action.action(),
+            // Runtime blocks are emergency measures: enforced even under a shadow policy.
+            mode: crate::policy::Mode::Enforce,
             location: prefixes[0].location.clone(),
             prefixes,
             comment: Some("runtime blocks (edgeblock block)".into()),

@@ -222,6 +222,8 @@ fn blocking_action() -> impl Strategy<Value = ActionSpec> {
 struct RuleSpec {
     src: bool,
     action: ActionSpec,
+    /// `mode = "shadow"`: it must never change a verdict, only count.
+    shadow: bool,
     prefixes: Vec<PrefixSpec>,
 }
 
@@ -236,6 +238,7 @@ struct CarveSpec {
     prefixes: Vec<(Index, u8)>,
     /// The action when carving out of a `pass` rule.
     block: ActionSpec,
+    shadow: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -258,6 +261,7 @@ impl PolicySpec {
                 } else {
                     ActionSpec::Pass
                 },
+                shadow: carve.shadow,
                 prefixes: carve
                     .prefixes
                     .iter()
@@ -302,11 +306,16 @@ impl PolicySpec {
             let direction = if rule.src { "src" } else { "dst" };
             let action = rule.action.for_direction(rule.src);
             let name = action.name();
+            let mode = if rule.shadow {
+                "\nmode = \"shadow\""
+            } else {
+                ""
+            };
             let quoted: Vec<String> = prefixes.iter().map(|p| format!("\"{p}\"")).collect();
             writeln!(
                 out,
                 "\n[[rule]]\nname = \"r{emitted}-{direction}-{name}\"\ndirection = \
-                 \"{direction}\"\naction = \"{name}\"{}\nprefixes = [{}]",
+                 \"{direction}\"\naction = \"{name}\"{}{mode}\nprefixes = [{}]",
                 action.extra(),
                 quoted.join(", ")
             )
@@ -329,23 +338,30 @@ fn prefix_spec() -> impl Strategy<Value = PrefixSpec> {
 
 fn policy_spec() -> impl Strategy<Value = PolicySpec> {
     let action = prop_oneof![Just(ActionSpec::Pass), blocking_action()];
-    let rule =
-        (weighted(0.35), action, vec(prefix_spec(), 1..=4)).prop_map(|(src, action, prefixes)| {
-            RuleSpec {
-                src,
-                action: action.for_direction(src),
-                prefixes,
-            }
+    // Shadow rules are a minority, so the enforced kinds stay common.
+    let rule = (
+        weighted(0.35),
+        action,
+        weighted(0.2),
+        vec(prefix_spec(), 1..=4),
+    )
+        .prop_map(|(src, action, shadow, prefixes)| RuleSpec {
+            src,
+            action: action.for_direction(src),
+            shadow,
+            prefixes,
         });
     let carve = (
         any::<Index>(),
         vec((any::<Index>(), 1u8..=16), 1..=3),
         blocking_action(),
+        weighted(0.2),
     )
-        .prop_map(|(base, prefixes, block)| CarveSpec {
+        .prop_map(|(base, prefixes, block, shadow)| CarveSpec {
             base,
             prefixes,
             block,
+            shadow,
         });
     (
         prop_oneof![Just(None), Just(Some("drop")), Just(Some("pass"))],
@@ -645,9 +661,23 @@ fn case(pools: &Pools) -> impl Strategy<Value = Case> + use<> {
 // What a frame did: the verdict and every counter that moved.
 
 /// What the reference says `outcome` and `sent` do to a `len`-byte frame.
-fn expected(compiled: &Compiled, outcome: Outcome, sent: &Sent, len: usize) -> Effect {
+fn expected(
+    compiled: &Compiled,
+    outcome: Outcome,
+    shadow: Option<(usize, u8)>,
+    sent: &Sent,
+    len: usize,
+) -> Effect {
     let one = (1, len as u64);
     let mut moved = BTreeMap::new();
+    if let Some((index, action)) = shadow {
+        let name = compiled
+            .rules
+            .get(index)
+            .map_or("<no such rule>", |r| r.name.as_str());
+        moved.insert(format!("rule {name}"), one);
+        moved.insert(format!("shadow {}", action_name(action)), one);
+    }
     match outcome {
         Outcome::Rule { index, action } => {
             let name = compiled
@@ -715,7 +745,8 @@ fn check(
         )));
     }
     let (outcome, sent) = reference::run(compiled, targets, &frame);
-    let want = expected(compiled, outcome, &sent, frame.len());
+    let shadow = reference::shadow(compiled, &frame);
+    let want = expected(compiled, outcome, shadow, &sent, frame.len());
     let (got, out) = harness.run_with_output(&frame);
     let want_bytes = match &sent {
         Sent::Passed => Some(frame.as_slice()),
@@ -797,6 +828,27 @@ fn classify(compiled: &Compiled, frame: &[u8], outcome: Outcome, sent: &Sent) ->
     kind
 }
 
+/// The shadow side of a frame, when it has a shadow hit: whether the enforced rules passed or
+/// blocked it meanwhile.
+fn classify_shadow(compiled: &Compiled, frame: &[u8], outcome: Outcome) -> Option<String> {
+    let family = match reference::parse(frame) {
+        Parsed::V4 { .. } => "v4",
+        Parsed::V6 { .. } => "v6",
+        Parsed::NonIp | Parsed::Malformed => return None,
+    };
+    let (_, action) = reference::shadow(compiled, frame)?;
+    let would = if action == filter_common::action::PASS {
+        "pass"
+    } else {
+        "block"
+    };
+    let enforced = match outcome {
+        Outcome::Rule { action, .. } if action != filter_common::action::PASS => "blocked",
+        _ => "passed",
+    };
+    Some(format!("{family} shadow {would}, {enforced}"))
+}
+
 /// Kinds the grammar must reach in a run of a few thousand frames or more.
 const MUST_SEE: &[&str] = &[
     "non-IP",
@@ -830,6 +882,12 @@ const MUST_SEE: &[&str] = &[
     "v4 redirect by dst, answered",
     "v6 redirect by dst, redirected",
     "v6 redirect by dst, answered",
+    "v4 shadow block, passed",
+    "v4 shadow block, blocked",
+    "v4 shadow pass, blocked",
+    "v6 shadow block, passed",
+    "v6 shadow block, blocked",
+    "v6 shadow pass, blocked",
 ];
 // ---------------------------------------------------------------------------------------------
 // The run.
@@ -962,8 +1020,12 @@ fn program_agrees_with_the_reference() {
             TestRunner::new_with_rng(runner_config(settings.frames), policies.new_rng());
         let result = runner.run(&frames, |case| {
             let (outcome, sent) = check(&harness.borrow(), &applied, &case)?;
-            let kind = classify(&applied.0, &case.bytes(), outcome, &sent);
+            let frame = case.bytes();
+            let kind = classify(&applied.0, &frame, outcome, &sent);
             *seen.borrow_mut().entry(kind).or_default() += 1;
+            if let Some(kind) = classify_shadow(&applied.0, &frame, outcome) {
+                *seen.borrow_mut().entry(kind).or_default() += 1;
+            }
             Ok(())
         });
         let (why, case) = match result {

@@ -668,3 +668,171 @@ fn ethernet_runts_never_reach_the_program() {
         .unwrap_or_default();
     assert!(source.contains("Invalid argument"), "{err}: {source}");
 }
+
+/// Shadow rules (docs/policy.md, "Shadow mode") never change a verdict: each frame here gets
+/// the verdict and counters the enforced rules alone give it, plus, when a shadow rule would
+/// have decided it, that rule's counter and the shadow total of its action.
+#[test]
+fn shadow_rules_count_without_deciding() {
+    const SHADOW: &str = r#"
+[[rule]]
+name = "enforced-wide"
+action = "drop"
+prefixes = ["203.0.0.0/16", "2001:db8::/32"]
+
+[[rule]]
+name = "shadow-inside"
+action = "drop"
+mode = "shadow"
+prefixes = ["203.0.113.0/24", "2001:db8:1::/48"]
+
+[[rule]]
+name = "shadow-alone"
+action = "reject"
+mode = "shadow"
+prefixes = ["198.51.100.0/24", "2001:db9::/32"]
+
+[[rule]]
+name = "enforced-inside-shadow"
+action = "drop"
+prefixes = ["198.51.100.128/25", "2001:db9:1::/48"]
+
+[[rule]]
+name = "shadow-exception"
+action = "pass"
+mode = "shadow"
+prefixes = ["203.0.114.0/24"]
+
+[[rule]]
+name = "shadow-source"
+direction = "src"
+action = "drop"
+mode = "shadow"
+prefixes = ["192.0.2.0/24"]
+"#;
+    let mut h = Harness::new();
+    h.apply(SHADOW);
+    let client = || v4("192.0.2.2");
+    let other = || v4("192.0.3.2");
+    // (name, frame, verdict, counters moved)
+    let cases: Vec<(&str, Frame, u32, Vec<&str>)> = vec![
+        (
+            "shadow alone passes and counts",
+            Frame::v4(other(), v4("198.51.100.9")),
+            XDP_PASS,
+            vec!["no_match", "rule shadow-alone", "shadow reject"],
+        ),
+        (
+            "shadow alone, v6",
+            Frame::v6(v6("2001:db8:c::2"), v6("2001:db9::9")),
+            XDP_PASS,
+            vec!["no_match", "rule shadow-alone", "shadow reject"],
+        ),
+        (
+            "shadow inside enforced: dropped by the enforced rule, counted by both",
+            Frame::v4(other(), v4("203.0.113.9")),
+            XDP_DROP,
+            vec![
+                "rule enforced-wide",
+                "drop",
+                "rule shadow-inside",
+                "shadow drop",
+            ],
+        ),
+        (
+            "shadow inside enforced, v6",
+            Frame::v6(v6("2001:db8:c::2"), v6("2001:db8:1::9")),
+            XDP_DROP,
+            vec![
+                "rule enforced-wide",
+                "drop",
+                "rule shadow-inside",
+                "shadow drop",
+            ],
+        ),
+        (
+            "enforced outside the shadow prefix: no shadow hit",
+            Frame::v4(other(), v4("203.0.1.1")),
+            XDP_DROP,
+            vec!["rule enforced-wide", "drop"],
+        ),
+        (
+            "enforced inside shadow: the longer enforced prefix decides, no shadow hit",
+            Frame::v4(other(), v4("198.51.100.200")),
+            XDP_DROP,
+            vec!["rule enforced-inside-shadow", "drop"],
+        ),
+        (
+            "enforced inside shadow, v6",
+            Frame::v6(v6("2001:db8:c::2"), v6("2001:db9:1::1")),
+            XDP_DROP,
+            vec!["rule enforced-inside-shadow", "drop"],
+        ),
+        (
+            "a shadow pass inside an enforced drop does not weaken it",
+            Frame::v4(other(), v4("203.0.114.1")),
+            XDP_DROP,
+            vec![
+                "rule enforced-wide",
+                "drop",
+                "rule shadow-exception",
+                "shadow pass",
+            ],
+        ),
+        (
+            "a shadow source rule never adds a drop",
+            Frame::v4(client(), v4("198.18.0.1")),
+            XDP_PASS,
+            vec!["no_match", "rule shadow-source", "shadow drop"],
+        ),
+        (
+            "destination first for shadow hits too",
+            Frame::v4(client(), v4("198.51.100.9")),
+            XDP_PASS,
+            vec!["no_match", "rule shadow-alone", "shadow reject"],
+        ),
+        (
+            "an enforced destination block outranks a shadow source block",
+            Frame::v4(client(), v4("203.0.1.1")),
+            XDP_DROP,
+            vec!["rule enforced-wide", "drop"],
+        ),
+        (
+            "no rule at all",
+            Frame::v4(other(), v4("198.18.0.1")),
+            XDP_PASS,
+            vec!["no_match"],
+        ),
+    ];
+    let failures: Vec<String> = cases
+        .into_iter()
+        .filter_map(|(name, frame, verdict, counters)| {
+            let frame = frame.build();
+            let want = Effect::new(verdict, &counters, frame.len());
+            let got = h.run(&frame);
+            (got != want).then(|| format!("{name}: got {got}, expected {want}"))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} shadow fixture(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// A top-level `mode = "shadow"` puts every rule in shadow mode: nothing is blocked, and
+/// what would have been is counted.
+#[test]
+fn a_shadow_policy_blocks_nothing() {
+    let mut h = Harness::new();
+    h.apply(&format!("mode = \"shadow\"\n{POLICY}"));
+    let frame = Frame::v4(client4(), v4("203.0.113.9")).build();
+    let want = Effect::new(
+        XDP_PASS,
+        &["no_match", "rule block-origin", "shadow drop"],
+        frame.len(),
+    );
+    let got = h.run(&frame);
+    assert_eq!(got, want, "got {got}, expected {want}");
+}

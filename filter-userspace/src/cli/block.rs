@@ -314,6 +314,7 @@ fn empty_policy(data_dir: &Path) -> Policy {
         notices: Vec::new(),
         reject_rate: policy::DEFAULT_REJECT_RATE,
         reject_burst: policy::DEFAULT_REJECT_BURST,
+        mode: policy::Mode::Enforce,
         require_reference: false,
         signatures_required: 0,
         notes: Vec::new(),

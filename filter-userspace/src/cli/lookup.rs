@@ -34,7 +34,14 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     let describe = |hit: &Option<(String, RuleEntry)>| match hit {
         None => "no rule".to_owned(),
         Some((prefix, e)) => format!(
-            "{} by rule {} ({prefix})",
+            "{}{} by rule {} ({prefix})",
+            // The longest prefix of all is a shadow rule's: it only counts; the longest
+            // enforced prefix (if any) decides.
+            if e.flags & filter_common::rule_flags::SHADOW != 0 {
+                "would "
+            } else {
+                ""
+            },
             action_name(e.action),
             metas
                 .get(&e.rule_id)

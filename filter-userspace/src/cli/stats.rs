@@ -7,6 +7,9 @@ use serde::Serialize;
 use super::Global;
 
 /// Per-rule and per-action packets and bytes, plus the no-match, non-IP and malformed counts.
+///
+/// A shadow rule's packets are those it would have handled ("would drop"): the enforced
+/// rules decided them. Its counter starts again when the rule changes mode.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Machine-readable output.
@@ -19,6 +22,8 @@ struct RuleStats {
     rule: String,
     direction: &'static str,
     action: &'static str,
+    /// "enforce" or "shadow".
+    mode: &'static str,
     prefixes: u64,
     packets: u64,
     bytes: u64,
@@ -43,6 +48,11 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
                 "dst"
             },
             action: action_name(meta.action),
+            mode: if meta.mode == filter_common::mode::SHADOW {
+                "shadow"
+            } else {
+                "enforce"
+            },
             prefixes: meta.prefixes,
             packets: c.packets,
             bytes: c.bytes,
@@ -57,18 +67,23 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<32} {:<4} {:<8} {:>9} {:>14} {:>16}",
+        "{:<32} {:<4} {:<16} {:>9} {:>14} {:>16}",
         "RULE", "DIR", "ACTION", "PREFIXES", "PACKETS", "BYTES"
     );
     for r in &stats.rules {
+        let action = if r.mode == "shadow" {
+            format!("would {}", r.action)
+        } else {
+            r.action.to_owned()
+        };
         println!(
-            "{:<32} {:<4} {:<8} {:>9} {:>14} {:>16}",
-            r.rule, r.direction, r.action, r.prefixes, r.packets, r.bytes
+            "{:<32} {:<4} {:<16} {:>9} {:>14} {:>16}",
+            r.rule, r.direction, action, r.prefixes, r.packets, r.bytes
         );
     }
     println!();
     let t = &stats.totals;
-    let rows: [(&str, CounterJson); 10] = [
+    let rows: [(&str, CounterJson); 14] = [
         ("pass (rule)", t.pass),
         ("drop (rule)", t.drop),
         ("redirect (rule)", t.redirect),
@@ -79,6 +94,10 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         ("malformed dropped", t.malformed_dropped),
         ("reject unanswered", t.reject_unanswered),
         ("redirect failed", t.redirect_failed),
+        ("would pass (shadow)", t.shadow_pass),
+        ("would drop (shadow)", t.shadow_drop),
+        ("would redirect (shadow)", t.shadow_redirect),
+        ("would reject (shadow)", t.shadow_reject),
     ];
     for (name, c) in rows {
         println!("{name:<24} {:>14} packets {:>16} bytes", c.packets, c.bytes);

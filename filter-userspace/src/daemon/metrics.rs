@@ -82,6 +82,15 @@ pub fn render(filter: &Filter, stats: &DaemonStats) -> Result<String, MapsError>
         let l = labels([
             ("rule", &decode_name(&meta.name)),
             ("action", action_name(meta.action)),
+            // A shadow rule's packets are those it would have handled, not what it did.
+            (
+                "mode",
+                if meta.mode == filter_common::mode::SHADOW {
+                    "shadow"
+                } else {
+                    "enforce"
+                },
+            ),
             (
                 "direction",
                 if meta.direction == direction::SRC {
@@ -96,7 +105,7 @@ pub fn render(filter: &Filter, stats: &DaemonStats) -> Result<String, MapsError>
     }
     r.register(
         "rule_packets",
-        "Packets that matched each rule of the applied policy",
+        "Packets that matched each rule of the applied policy (mode=\"shadow\": packets the rule would have handled)",
         rule_packets,
     );
     r.register_with_unit(
@@ -131,6 +140,30 @@ pub fn render(filter: &Filter, stats: &DaemonStats) -> Result<String, MapsError>
         "Bytes by the action taken",
         Unit::Bytes,
         action_bytes,
+    );
+    let shadow_packets = Family::<Labels, Counter>::default();
+    let shadow_bytes = Family::<Labels, Counter>::default();
+    let shadow: [(&str, CounterJson); 4] = [
+        ("pass", g.shadow_pass),
+        ("drop", g.shadow_drop),
+        ("redirect", g.shadow_redirect),
+        ("reject", g.shadow_reject),
+    ];
+    for (action, c) in shadow {
+        let l = labels([("action", action)]);
+        shadow_packets.get_or_create(&l).inc_by(c.packets);
+        shadow_bytes.get_or_create(&l).inc_by(c.bytes);
+    }
+    r.register(
+        "shadow_action_packets",
+        "Packets shadow rules would have handled, by the action they would have taken (the enforced rules decided them)",
+        shadow_packets,
+    );
+    r.register_with_unit(
+        "shadow_action",
+        "Bytes of the packets shadow rules would have handled",
+        Unit::Bytes,
+        shadow_bytes,
     );
     counter(
         &mut r,

@@ -136,6 +136,10 @@ impl Harness {
             ("malformed_dropped", g.malformed_dropped),
             ("reject_unanswered", g.reject_unanswered),
             ("redirect_failed", g.redirect_failed),
+            ("shadow pass", g.shadow_pass),
+            ("shadow drop", g.shadow_drop),
+            ("shadow redirect", g.shadow_redirect),
+            ("shadow reject", g.shadow_reject),
         ]
         .into_iter()
         .map(|(name, c)| (name.to_owned(), (c.packets, c.bytes)))
