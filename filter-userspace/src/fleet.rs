@@ -48,9 +48,7 @@ pub const ENV_PASSWORD: &str = "EDGEBLOCK_NATS_PASSWORD";
 
 #[derive(Debug, Error)]
 pub enum FleetError {
-    #[error(
-        "{url:?} is not a policy source: expected nats://HOST:PORT/BUCKET/KEY (or tls://...)"
-    )]
+    #[error("{url:?} is not a policy source: expected nats://HOST:PORT/BUCKET/KEY (or tls://...)")]
     BadSource { url: String },
     #[error("{url:?} is not a NATS server URL: expected nats://HOST:PORT or tls://HOST:PORT")]
     BadServer { url: String },
@@ -388,7 +386,11 @@ impl Bucket {
     }
 
     /// Revision `revision` of `key`, if the bucket still holds it.
-    pub async fn revision(&self, key: &str, revision: u64) -> Result<Option<kv::Entry>, FleetError> {
+    pub async fn revision(
+        &self,
+        key: &str,
+        revision: u64,
+    ) -> Result<Option<kv::Entry>, FleetError> {
         self.store
             .entry_for_revision(key, revision)
             .await
@@ -739,14 +741,20 @@ mod tests {
         write("token = \"s3cret\"\n", 0o600);
         let auth = Auth::load(Some(&file), None).expect("token file");
         assert_eq!(auth.credential, Some(Credential::Token("s3cret".into())));
-        assert!(!format!("{auth:?}").contains("s3cret"), "Debug leaks the token");
+        assert!(
+            !format!("{auth:?}").contains("s3cret"),
+            "Debug leaks the token"
+        );
         write("user = \"u\"\npassword = \"p\"\n", 0o600);
         assert!(Auth::load(Some(&file), None).is_ok());
         write("token = \"s3cret\"\n", 0o644);
         let e = Auth::load(Some(&file), None).expect_err("world-readable");
         assert!(e.to_string().contains("chmod 600"), "{e}");
         write("user = \"u\"\n", 0o600);
-        assert!(Auth::load(Some(&file), None).is_err(), "user without password");
+        assert!(
+            Auth::load(Some(&file), None).is_err(),
+            "user without password"
+        );
         write("token = \"t\"\nuser = \"u\"\npassword = \"p\"\n", 0o600);
         assert!(Auth::load(Some(&file), None).is_err(), "both kinds");
         let _ = fs::remove_dir_all(&dir);
@@ -756,8 +764,9 @@ mod tests {
     fn a_published_value_round_trips_and_refuses_other_formats() {
         let files = PolicyFiles {
             path: PathBuf::from("/etc/edgeblock/policy.toml"),
-            text: "[[rule]]\nname = \"r\"\nprefixes = [\"203.0.113.0/24\"]\ninclude = [\"l.txt\"]\n"
-                .into(),
+            text:
+                "[[rule]]\nname = \"r\"\nprefixes = [\"203.0.113.0/24\"]\ninclude = [\"l.txt\"]\n"
+                    .into(),
             includes: [("l.txt".to_owned(), Some("198.51.100.0/24\n".to_owned()))].into(),
         };
         let p = Published::new(Bundle::new(files, Vec::new()), "op@h".into(), None);

@@ -25,7 +25,10 @@ pub struct NatsArgs {
 
 impl NatsArgs {
     pub fn auth(&self) -> anyhow::Result<Auth> {
-        Ok(Auth::load(self.nats_creds.as_deref(), self.nats_ca.clone())?)
+        Ok(Auth::load(
+            self.nats_creds.as_deref(),
+            self.nats_ca.clone(),
+        )?)
     }
 }
 
@@ -95,6 +98,8 @@ struct Row {
     /// The latest revision of the key the host follows.
     latest: Option<u64>,
     hash: Option<String>,
+    /// When the host applied the revision it runs.
+    applied_at: Option<Timestamp>,
     reported_at: Timestamp,
     age_seconds: f64,
     /// current, behind, failing or silent.
@@ -156,6 +161,7 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
                 revision: h.revision,
                 latest,
                 hash: h.hash,
+                applied_at: h.applied_at,
                 reported_at: h.reported_at,
                 age_seconds: (age * 10.0).round() / 10.0,
                 state,

@@ -55,7 +55,11 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
                 "{location}: no such revision of key {:?} in the bucket (it holds: {}); nothing \
                  was published",
                 args.key,
-                if kept.is_empty() { "none".into() } else { kept.join(", ") }
+                if kept.is_empty() {
+                    "none".into()
+                } else {
+                    kept.join(", ")
+                }
             );
         };
         if entry.operation != async_nats::jetstream::kv::Operation::Put {
@@ -83,7 +87,9 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         ..Entry::new(&actor, Action::Rollback)
     };
     if let Err(e) = log.append(record) {
-        eprintln!("error: the rollback is published but could not be recorded in the audit log: {e}");
+        eprintln!(
+            "error: the rollback is published but could not be recorded in the audit log: {e}"
+        );
     }
     println!(
         "{source}: revision {} republished as revision {new}: {}",

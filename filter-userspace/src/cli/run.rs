@@ -85,7 +85,12 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         LogFormat::Text => builder.with_ansi(false).init(),
     }
     let fleet = match &args.policy_source {
-        Some(url) => Some(fleet_config(url, args.host_name.clone(), args.report_interval, &args.nats)?),
+        Some(url) => Some(fleet_config(
+            url,
+            args.host_name.clone(),
+            args.report_interval,
+            &args.nats,
+        )?),
         None => None,
     };
     let policy = match (&args.policy, &fleet) {

@@ -109,7 +109,11 @@ pub(super) fn initial(
             };
             match validate(&fleet.source, &revision, trust, now) {
                 Ok(v) => {
-                    tracing::info!(event = "fleet-cache", revision = cache.revision, "starting with the cached revision; catching up once NATS answers");
+                    tracing::info!(
+                        event = "fleet-cache",
+                        revision = cache.revision,
+                        "starting with the cached revision; catching up once NATS answers"
+                    );
                     return Ok((
                         v.policy,
                         v.signers,
@@ -130,13 +134,8 @@ pub(super) fn initial(
     }
     let fetch = async {
         let client = fleet::connect(&fleet.source.server, &fleet.auth, "edgeblock run").await?;
-        let bucket = Bucket::open(
-            &client,
-            &fleet.source.server,
-            &fleet.source.bucket,
-            None,
-        )
-        .await?;
+        let bucket =
+            Bucket::open(&client, &fleet.source.server, &fleet.source.bucket, None).await?;
         bucket.latest(&fleet.source.key).await
     };
     let latest = tokio::task::block_in_place(|| {
@@ -185,7 +184,12 @@ pub(super) struct Start {
 
 impl State {
     /// After the start's policy was applied.
-    pub(super) fn new(config: FleetConfig, start: Start, policy: &Policy, data_dir: &std::path::Path) -> Self {
+    pub(super) fn new(
+        config: FleetConfig,
+        start: Start,
+        policy: &Policy,
+        data_dir: &std::path::Path,
+    ) -> Self {
         save_cache(&config.source, start.revision, &start.published, data_dir);
         let hash = hash_hex(&compile(policy).hash);
         let now = Timestamp::now();
