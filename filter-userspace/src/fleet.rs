@@ -411,21 +411,30 @@ impl Bucket {
         Ok(out)
     }
 
-    /// The value of every key, keys in order.
+    /// The value of every key, keys in order (deleted ones left out).
     pub async fn all(&self) -> Result<Vec<kv::Entry>, FleetError> {
-        let mut keys = self
+        // The stream's subject counts, a plain request: `Store::keys` runs a consumer that
+        // waits for a last message, which keeps it waiting while hosts keep reporting.
+        let prefix = format!("$KV.{}.", self.name);
+        let mut subjects = self
             .store
-            .keys()
+            .stream
+            .info_with_subjects(format!("{prefix}>"))
             .await
             .map_err(|e| self.err("listing the keys")(e.into()))?;
         let mut names = Vec::new();
-        while let Some(key) = keys.next().await {
-            names.push(key.map_err(|e| self.err("listing the keys")(e.into()))?);
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(|e| self.err("listing the keys")(e.into()))?;
+            if let Some(key) = subject.strip_prefix(&prefix) {
+                names.push(key.to_owned());
+            }
         }
         names.sort();
         let mut out = Vec::new();
         for key in names {
-            if let Some(entry) = self.latest(&key).await? {
+            if let Some(entry) = self.latest(&key).await?
+                && entry.operation == kv::Operation::Put
+            {
                 out.push(entry);
             }
         }
@@ -740,7 +749,7 @@ mod tests {
         };
         write("token = \"s3cret\"\n", 0o600);
         let auth = Auth::load(Some(&file), None).expect("token file");
-        assert_eq!(auth.credential, Some(Credential::Token("s3cret".into())));
+        assert!(auth.credential == Some(Credential::Token("s3cret".into())));
         assert!(
             !format!("{auth:?}").contains("s3cret"),
             "Debug leaks the token"
@@ -765,7 +774,7 @@ mod tests {
         let files = PolicyFiles {
             path: PathBuf::from("/etc/edgeblock/policy.toml"),
             text:
-                "[[rule]]\nname = \"r\"\nprefixes = [\"203.0.113.0/24\"]\ninclude = [\"l.txt\"]\n"
+                "[[rule]]\nname = \"r\"\naction = \"drop\"\nprefixes = [\"203.0.113.0/24\"]\ninclude = [\"l.txt\"]\n"
                     .into(),
             includes: [("l.txt".to_owned(), Some("198.51.100.0/24\n".to_owned()))].into(),
         };

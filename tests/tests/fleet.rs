@@ -443,6 +443,22 @@ impl Fleet {
         Duration::try_from(last.duration_since(since)).unwrap_or_default()
     }
 
+    /// Publish `policy` as the first revision, start every host's daemon and wait until they
+    /// all run it; the revision.
+    fn start_on(&mut self, policy: &str) -> u64 {
+        let first = self.publish_ok("a.toml", policy);
+        for i in 0..self.hosts.len() {
+            self.start_host(i);
+        }
+        self.await_current(first);
+        first
+    }
+
+    /// Wait until every host runs `revision`, however long ago it was published.
+    fn await_current(&self, revision: u64) {
+        self.await_revision(revision, jiff::Timestamp::UNIX_EPOCH);
+    }
+
     /// Whether host `i` answers a ping from `src` (one probe, bounded).
     fn reachable(&self, i: usize, src: &str) -> bool {
         let out = self.hub.exec(
@@ -490,14 +506,7 @@ fn rev_of(rows: &[Value], host: &str) -> Option<u64> {
 #[test]
 fn three_hosts_converge_on_a_new_revision() {
     let mut fleet = Fleet::new();
-    let first = fleet.publish_ok("a.toml", BLOCK_A);
-    for i in 0..fleet.hosts.len() {
-        fleet.start_host(i);
-    }
-    fleet.await_revision(
-        first,
-        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60),
-    );
+    let first = fleet.start_on(BLOCK_A);
     fleet.assert_filtering(SRC_A, SRC_B, "first revision");
 
     let mut times = Vec::new();
@@ -543,14 +552,7 @@ fn three_hosts_converge_on_a_new_revision() {
 #[test]
 fn invalid_revisions_are_refused_by_publish_and_by_every_host() {
     let mut fleet = Fleet::new();
-    let good = fleet.publish_ok("a.toml", BLOCK_A);
-    for i in 0..fleet.hosts.len() {
-        fleet.start_host(i);
-    }
-    fleet.await_revision(
-        good,
-        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60),
-    );
+    let good = fleet.start_on(BLOCK_A);
 
     // publish refuses an invalid policy, naming file and line; nothing is put.
     let bad = "[[rule]]\nname = \"bad\"\naction = \"drop\"\nprefixes = [\"300.1.2.3/32\"]\n";
@@ -648,24 +650,14 @@ fn invalid_revisions_are_refused_by_publish_and_by_every_host() {
 
     // A good revision clears the failure.
     let fixed = fleet.publish_ok("b.toml", BLOCK_B);
-    fleet.await_revision(
-        fixed,
-        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60),
-    );
+    fleet.await_current(fixed);
     fleet.assert_filtering(SRC_B, SRC_A, "after the fix");
 }
 
 #[test]
 fn hosts_filter_from_the_cache_while_nats_is_down_and_catch_up() {
     let mut fleet = Fleet::new();
-    let first = fleet.publish_ok("a.toml", BLOCK_A);
-    for i in 0..fleet.hosts.len() {
-        fleet.start_host(i);
-    }
-    fleet.await_revision(
-        first,
-        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60),
-    );
+    fleet.start_on(BLOCK_A);
 
     fleet.stop_nats();
     // Give the daemons a report interval to notice.
@@ -738,20 +730,10 @@ fn hosts_filter_from_the_cache_while_nats_is_down_and_catch_up() {
 #[test]
 fn rollback_brings_every_host_back_to_the_earlier_revision() {
     let mut fleet = Fleet::new();
-    let first = fleet.publish_ok("a.toml", BLOCK_A);
-    for i in 0..fleet.hosts.len() {
-        fleet.start_host(i);
-    }
-    fleet.await_revision(
-        first,
-        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60),
-    );
+    let first = fleet.start_on(BLOCK_A);
     let first_hashes = hash_of(&fleet.status());
     let second = fleet.publish_ok("b.toml", BLOCK_B);
-    fleet.await_revision(
-        second,
-        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60),
-    );
+    fleet.await_current(second);
     fleet.assert_filtering(SRC_B, SRC_A, "second revision");
 
     let server = Fleet::server();
@@ -772,10 +754,7 @@ fn rollback_brings_every_host_back_to_the_earlier_revision() {
         .and_then(|r| r.trim().parse().ok())
         .unwrap_or_else(|| panic!("rollback printed no revision: {stdout}"));
     assert!(third > second, "{stdout}");
-    fleet.await_revision(
-        third,
-        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60),
-    );
+    fleet.await_current(third);
     fleet.assert_filtering(SRC_A, SRC_B, "rolled back");
     let rows = fleet.status();
     assert_eq!(

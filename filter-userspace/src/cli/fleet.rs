@@ -32,13 +32,18 @@ impl NatsArgs {
     }
 }
 
-/// Run `f` on a small runtime: the CLI verbs are synchronous, the NATS client is not.
+/// How long a fleet verb waits for NATS in all before it gives up.
+const VERB_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Run `f` on a small runtime (the CLI verbs are synchronous, the NATS client is not), for
+/// at most [`VERB_TIMEOUT`].
 pub fn block_on<F: Future>(f: F) -> anyhow::Result<F::Output> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    Ok(rt.block_on(f))
+    rt.block_on(async { tokio::time::timeout(VERB_TIMEOUT, f).await })
+        .map_err(|_| anyhow::anyhow!("NATS did not answer within {VERB_TIMEOUT:?}"))
 }
 
 /// A bucket or key name from the command line, checked.
