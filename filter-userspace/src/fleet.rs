@@ -59,12 +59,12 @@ pub enum FleetError {
     #[error("{ENV_USER} is set without {ENV_PASSWORD} (or the other way round)")]
     HalfCredentials,
     // `error`, not `source`: these errors print their own causes, which a chain would repeat.
-    #[error("cannot connect to NATS at {server}: {error}")]
+    #[error("cannot connect to NATS at {server}: {}", concise(.error))]
     Connect {
         server: String,
         error: async_nats::ConnectError,
     },
-    #[error("NATS at {server}, bucket {bucket:?}: {what}: {error}")]
+    #[error("NATS at {server}, bucket {bucket:?}: {what}: {}", concise(.error))]
     Nats {
         server: String,
         bucket: String,
@@ -75,6 +75,19 @@ pub enum FleetError {
     BadValue { location: String, problem: String },
     #[error(transparent)]
     Bundle(#[from] SignatureError),
+}
+
+/// The client's errors repeat their causes in their own text ("failed to get the bucket:
+/// jetstream error: stream not found: failed to get the bucket: ..."): each part once.
+fn concise(error: &dyn fmt::Display) -> String {
+    let text = error.to_string();
+    let mut parts: Vec<&str> = Vec::new();
+    for part in text.split(": ") {
+        if !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
 }
 
 /// A NATS server, `nats://HOST:PORT` or `tls://HOST:PORT` (TLS required).
@@ -736,6 +749,16 @@ mod tests {
         }
         assert!("nats://h:4222".parse::<Server>().is_ok());
         assert!("nats://h:4222/b".parse::<Server>().is_err());
+    }
+
+    #[test]
+    fn repeated_causes_are_said_once() {
+        let text = "failed to get the bucket: jetstream error: stream not found (code 404): \
+                    failed to get the bucket: jetstream error: stream not found (code 404)";
+        assert_eq!(
+            concise(&text),
+            "failed to get the bucket: jetstream error: stream not found (code 404)"
+        );
     }
 
     #[test]
