@@ -575,9 +575,16 @@ pub async fn follow(
     revisions: mpsc::UnboundedSender<Revision>,
     mut status: watch::Receiver<HostStatus>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+    let mut backoff = FIRST_BACKOFF;
     loop {
-        match session(&source, &auth, &host, interval, &revisions, &mut status).await {
+        let started = tokio::time::Instant::now();
+        let result = session(&source, &auth, &host, interval, &revisions, &mut status).await;
+        // A connection that held for a while was good: retry the next loss quickly.
+        if started.elapsed() > 5 * MAX_BACKOFF {
+            backoff = FIRST_BACKOFF;
+        }
+        match result {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(event = "fleet-disconnected", source = %source, error = %e, "NATS unreachable; filtering with the policy in force, retrying");

@@ -348,13 +348,24 @@ impl Fleet {
         format!("nats://127.0.0.1:{PORT}")
     }
 
-    /// Write `text` as a policy file (with the include BLOCK_B needs) and publish it.
-    pub fn publish(&self, name: &str, text: &str) -> Output {
+    /// Write `text` as the policy file `name` (with the list BLOCK_B includes beside it).
+    pub fn write_policy(&self, name: &str, text: &str) -> PathBuf {
         let dir = self.dir.join("policies");
         fs::create_dir_all(dir.join("lists")).expect("create the policy dir");
         fs::write(dir.join("lists").join("b.netset"), format!("{SRC_B}/32\n")).expect("write");
         let path = dir.join(name);
         fs::write(&path, text).expect("write the policy");
+        path
+    }
+
+    /// Write `text` as a policy file and publish it.
+    pub fn publish(&self, name: &str, text: &str) -> Output {
+        let path = self.write_policy(name, text);
+        self.publish_file(&path)
+    }
+
+    /// `edgeblock publish PATH` to the key.
+    pub fn publish_file(&self, path: &Path) -> Output {
         let server = Self::server();
         self.cli(&[
             "publish",
@@ -370,10 +381,17 @@ impl Fleet {
 
     /// Publish and return the revision.
     pub fn publish_ok(&self, name: &str, text: &str) -> u64 {
-        let out = self.publish(name, text);
+        let path = self.write_policy(name, text);
+        self.publish_file_ok(&path)
+    }
+
+    /// Publish a policy file and return the revision.
+    pub fn publish_file_ok(&self, path: &Path) -> u64 {
+        let out = self.publish_file(path);
         assert!(
             out.status.success(),
-            "publish {name} failed: {}",
+            "publish {} failed: {}",
+            path.display(),
             output_text(&out)
         );
         let stdout = String::from_utf8_lossy(&out.stdout);

@@ -315,3 +315,53 @@ fn rollback_brings_every_host_back_to_the_earlier_revision() {
         output_text(&out)
     );
 }
+
+#[test]
+fn a_host_with_trusted_keys_refuses_unsigned_revisions() {
+    let mut fleet = Fleet::new(edgeblock_bin());
+    let key = fleet.dir.join("alice");
+    let out = fleet.cli(&["keygen", "--out", key.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "keygen: {}", output_text(&out));
+    let signed = fleet.write_policy("signed.toml", BLOCK_B);
+    let out = fleet.cli(&[
+        "sign",
+        signed.to_str().expect("utf-8"),
+        "--key",
+        key.with_extension("key").to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "sign: {}", output_text(&out));
+    // Only the third host trusts the key.
+    let trusted = fleet.hosts[2].bpffs.trusted_dir().join("alice.pub");
+    std::fs::copy(key.with_extension("pub"), &trusted).expect("trust the key on host 3");
+
+    let first = fleet.publish_file_ok(&signed);
+    for i in 0..fleet.hosts.len() {
+        fleet.start_host(i);
+    }
+    fleet.await_current(first);
+    fleet.assert_filtering(SRC_B, SRC_A, "signed revision");
+
+    // Unsigned: the hosts without keys apply it, the one with a trusted key refuses it and
+    // keeps the signed revision.
+    let unsigned = fleet.publish_ok("a.toml", BLOCK_A);
+    let rows = fleet.await_hosts("the unsigned revision", CONVERGE, |r| {
+        if r["host"] == "edge-3" {
+            r["state"] == "failing"
+        } else {
+            r["revision"].as_u64() == Some(unsigned)
+        }
+    });
+    let host3 = rows.iter().find(|r| r["host"] == "edge-3").expect("edge-3");
+    assert_eq!(host3["revision"].as_u64(), Some(first), "{host3}");
+    let error = host3["rejected"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("unsigned"), "{error}");
+    assert!(!fleet.reachable(2, SRC_B), "host 3 left the signed policy");
+    assert!(
+        fleet.reachable(2, SRC_A),
+        "host 3 applied the unsigned policy"
+    );
+    assert!(
+        !fleet.reachable(0, SRC_A),
+        "host 1 did not apply the unsigned policy"
+    );
+}
