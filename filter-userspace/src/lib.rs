@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod dxr;
 pub mod enforce;
 pub mod escape;
+pub mod fleet;
 pub mod loader;
 pub mod lock;
 pub mod lockout;

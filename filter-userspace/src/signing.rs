@@ -715,9 +715,22 @@ pub fn check(
     if trust.is_empty() {
         return Ok(None);
     }
-    let signatures = read_signatures(&files.path)?;
+    check_signatures(files, policy, &read_signatures(&files.path)?, trust)
+}
+
+/// [`check`] with signatures that came with the policy rather than from its `.sig` (a
+/// [`Bundle`] from the fleet).
+pub fn check_signatures(
+    files: &PolicyFiles,
+    policy: &Policy,
+    signatures: &[SignatureLine],
+    trust: &TrustStore,
+) -> Result<Option<Verified>, SignatureError> {
+    if trust.is_empty() {
+        return Ok(None);
+    }
     let (required, why) = trust.required(policy);
-    verify(files, &signatures, trust, (required, &why)).map(Some)
+    verify(files, signatures, trust, (required, &why)).map(Some)
 }
 
 /// A signed policy in one document: the policy text, its includes and its signatures. Verifies
@@ -739,16 +752,34 @@ impl Bundle {
     /// Bundle a policy, its includes and its `.sig`.
     pub fn from_files(path: &Path) -> Result<Self, SignatureError> {
         let files = PolicyFiles::read(path)?;
-        Ok(Self {
+        let signatures = read_signatures(path)?;
+        Ok(Self::new(files, signatures))
+    }
+
+    /// Bundle files already read (and validated) with their signatures.
+    pub fn new(files: PolicyFiles, signatures: Vec<SignatureLine>) -> Self {
+        Self {
             format: BUNDLE_FORMAT.into(),
-            name: path
+            name: files
+                .path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             policy: files.text,
             includes: files.includes,
-            signatures: read_signatures(path)?,
-        })
+            signatures,
+        }
+    }
+
+    /// Check the format field of a bundle that was deserialised as part of something else.
+    pub fn check_format(&self, path: &Path) -> Result<(), SignatureError> {
+        if self.format != BUNDLE_FORMAT {
+            return Err(SignatureError::BadBundle {
+                path: path.to_path_buf(),
+                problem: format!("format {:?}, expected {BUNDLE_FORMAT:?}", self.format),
+            });
+        }
+        Ok(())
     }
 
     pub fn from_json(text: &str, path: &Path) -> Result<Self, SignatureError> {
@@ -756,12 +787,7 @@ impl Bundle {
             path: path.to_path_buf(),
             problem: e.to_string(),
         })?;
-        if bundle.format != BUNDLE_FORMAT {
-            return Err(SignatureError::BadBundle {
-                path: path.to_path_buf(),
-                problem: format!("format {:?}, expected {BUNDLE_FORMAT:?}", bundle.format),
-            });
-        }
+        bundle.check_format(path)?;
         Ok(bundle)
     }
 

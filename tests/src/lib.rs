@@ -11,6 +11,7 @@
 //! The harness panics with a message instead of returning errors: its callers are tests, and the
 //! demo, which relies on unwinding to run the same `Drop` guards.
 
+pub mod fleet;
 pub mod netns;
 pub mod packet;
 

@@ -55,6 +55,8 @@ pub enum Part {
     Correctness,
     /// Live drop rates against xdp-filter and nftables.
     Live,
+    /// Time from `publish` to applied on three hosts through NATS JetStream.
+    Fleet,
 }
 
 impl Args {
@@ -708,6 +710,15 @@ mod imp {
             };
             bench_live::run(&plan.live, &bpffs, cli, &v4, &v6)
         });
+        let fleet = section(args, super::Part::Fleet, "fleet convergence", || {
+            let mut fleet = edgeblock_tests::fleet::Fleet::new(cli_bin.clone());
+            fleet.start_on(edgeblock_tests::fleet::BLOCK_A);
+            let rounds = fleet.convergence(if args.quick { 5 } else { 20 });
+            Ok(super::bench_report::Fleet {
+                hosts: fleet.hosts.len(),
+                rounds_ms: rounds.iter().map(|d| d.as_secs_f64() * 1e3).collect(),
+            })
+        });
         drop(floor_obj);
         drop(bpffs);
 
@@ -723,6 +734,7 @@ mod imp {
             live,
             control,
             correctness,
+            fleet,
         };
         std::fs::create_dir_all(&out_dir)
             .with_context(|| format!("creating {}", out_dir.display()))?;

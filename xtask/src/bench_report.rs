@@ -187,6 +187,26 @@ pub struct Correctness {
     pub examples: Vec<String>,
 }
 
+/// Publish-to-applied times of the fleet (NATS JetStream, three hosts on loopback veths).
+#[derive(Clone, Debug, Default)]
+pub struct Fleet {
+    pub hosts: usize,
+    /// Per round: from just before `publish` until the last host applied the revision.
+    pub rounds_ms: Vec<f64>,
+}
+
+impl Fleet {
+    fn max_ms(&self) -> f64 {
+        self.rounds_ms.iter().copied().fold(0.0, f64::max)
+    }
+
+    fn median_ms(&self) -> f64 {
+        let mut v = self.rounds_ms.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    }
+}
+
 /// Everything one run measured.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -199,6 +219,7 @@ pub struct Report {
     pub live: Result<Live, String>,
     pub control: Result<Control, String>,
     pub correctness: Result<Correctness, String>,
+    pub fleet: Result<Fleet, String>,
 }
 
 fn result_json<T>(r: &Result<T, String>, f: impl FnOnce(&T) -> Value) -> Value {
@@ -398,6 +419,30 @@ impl Report {
                 met: None,
             },
         });
+        let fleet_goal = "fleet: publish to applied on every host under 1 s (loopback)".to_owned();
+        goals.push(match &self.fleet {
+            Ok(f) if !f.rounds_ms.is_empty() => Goal {
+                goal: fleet_goal,
+                measured: format!(
+                    "{} hosts, median {:.0} ms, max {:.0} ms over {} revisions",
+                    f.hosts,
+                    f.median_ms(),
+                    f.max_ms(),
+                    f.rounds_ms.len()
+                ),
+                met: Some(f.max_ms() < 1000.0),
+            },
+            Ok(_) => Goal {
+                goal: fleet_goal,
+                measured: "not measured: no rounds".into(),
+                met: None,
+            },
+            Err(e) => Goal {
+                goal: fleet_goal,
+                measured: format!("not measured: {}", first_line(e)),
+                met: None,
+            },
+        });
         goals
     }
 
@@ -493,6 +538,12 @@ impl Report {
             "live": live,
             "control_plane": control,
             "correctness": correctness,
+            "fleet": result_json(&self.fleet, |f| json!({
+                "hosts": f.hosts,
+                "rounds_ms": f.rounds_ms,
+                "median_ms": f.median_ms(),
+                "max_ms": f.max_ms(),
+            })),
             "goals": self.goals().iter().map(|g| json!({
                 "goal": g.goal, "measured": g.measured, "met": g.met,
             })).collect::<Vec<_>>(),
@@ -1073,6 +1124,10 @@ mod tests {
                 ..Control::default()
             }),
             correctness: Err("skipped".into()),
+            fleet: Ok(Fleet {
+                hosts: 3,
+                rounds_ms: vec![80.0, 60.0, 1200.0],
+            }),
         }
     }
 
@@ -1093,6 +1148,7 @@ mod tests {
         assert_eq!(met("from scratch"), Some(true));
         assert_eq!(met("1% change"), Some(true), "median 50 ms");
         assert_eq!(met("wrong verdict"), None, "not measured");
+        assert_eq!(met("fleet"), Some(false), "one round took 1.2 s");
     }
 
     #[test]

@@ -26,6 +26,8 @@ const TEST_PACKAGES: &[&str] = &[
     "xdp-tools",
     "curl",
     "chromium",
+    // The fleet tests (tests/tests/fleet.rs) run a real NATS server with JetStream.
+    "nats-server",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Where Debian's llvm-22-dev lives; bpf-linker's build finds LLVM through `LLVM_PREFIX`.

@@ -7,9 +7,12 @@ mod audit;
 mod block;
 mod check;
 mod detach;
+mod fleet;
 mod keygen;
 mod lookup;
 mod notice_server;
+mod publish;
+mod rollback;
 mod run;
 mod sign;
 mod stats;
@@ -148,6 +151,10 @@ enum Cmd {
     Audit(audit::Args),
     Keygen(keygen::Args),
     Sign(sign::Args),
+    Publish(publish::Args),
+    #[command(subcommand)]
+    Fleet(fleet::Cmd),
+    Rollback(rollback::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -168,6 +175,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Audit(a) => audit::run(g, a),
         Cmd::Keygen(a) => keygen::run(a),
         Cmd::Sign(a) => sign::run(a),
+        Cmd::Publish(a) => publish::run(g, a),
+        Cmd::Fleet(c) => fleet::run(c),
+        Cmd::Rollback(a) => rollback::run(g, a),
     }
 }
 

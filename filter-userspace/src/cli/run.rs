@@ -2,12 +2,13 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use edgeblock::{
-    daemon::{self, Config},
+    daemon::{self, Config, FleetConfig},
+    fleet::{Auth, Source, checked_name},
     loader::AttachMode,
 };
 use tracing_subscriber::{EnvFilter, fmt};
 
-use super::{Global, parse_duration};
+use super::{Global, fleet::NatsArgs, parse_duration};
 
 /// Run as a service: keep the filter on the interfaces and the maps equal to the policy file
 /// plus the runtime blocks.
@@ -21,8 +22,21 @@ use super::{Global, parse_duration};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The policy file (TOML).
-    #[arg(long, value_name = "FILE")]
-    policy: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "policy_source")]
+    policy: Option<PathBuf>,
+    /// Take the policy from a NATS JetStream key instead of a file, e.g.
+    /// nats://nats.example:4222/edgeblock/edge (tls:// for TLS): apply each new revision that
+    /// is valid on this host and report into the bucket's -status bucket (docs/fleet.md).
+    #[arg(long, value_name = "URL", conflicts_with = "policy")]
+    policy_source: Option<String>,
+    /// This host's name in the fleet's status bucket (default: the system host name).
+    #[arg(long, value_name = "NAME", requires = "policy_source")]
+    host_name: Option<String>,
+    /// How often this host reports into the status bucket when nothing changes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    report_interval: Duration,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// Interface to filter (repeat for several).
     #[arg(long = "iface", value_name = "IFACE", required = true)]
     interfaces: Vec<String>,
@@ -70,8 +84,23 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         // journald stamps every line itself, and colour codes would end up in the journal.
         LogFormat::Text => builder.with_ansi(false).init(),
     }
+    let fleet = match &args.policy_source {
+        Some(url) => Some(fleet_config(
+            url,
+            args.host_name.clone(),
+            args.report_interval,
+            &args.nats,
+        )?),
+        None => None,
+    };
+    let policy = match (&args.policy, &fleet) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => PathBuf::from(f.source.to_string()),
+        (None, None) => anyhow::bail!("give --policy FILE or --policy-source URL"),
+    };
     daemon::run(Config {
-        policy: args.policy,
+        policy,
+        fleet,
         interfaces: args.interfaces,
         mode: args.mode,
         metrics: args.metrics,
@@ -86,4 +115,32 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         debounce: args.debounce,
     })
     .context("edgeblock run")
+}
+
+fn fleet_config(
+    url: &str,
+    host: Option<String>,
+    report_interval: Duration,
+    nats: &NatsArgs,
+) -> anyhow::Result<FleetConfig> {
+    anyhow::ensure!(
+        !report_interval.is_zero(),
+        "--report-interval must be longer than 0"
+    );
+    let source: Source = url.parse().context("--policy-source")?;
+    let host = match host {
+        Some(h) => h,
+        None => nix::unistd::gethostname()
+            .context("reading the host name; give --host-name")?
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("the host name is not UTF-8; give --host-name"))?,
+    };
+    checked_name("host name", &host).context("give --host-name with letters, digits, - and _")?;
+    let auth: Auth = nats.auth()?;
+    Ok(FleetConfig {
+        source,
+        auth,
+        host,
+        report_interval,
+    })
 }

@@ -20,6 +20,10 @@ pub enum Trigger {
     Expiry,
     /// The pinned program was replaced and had to be adopted.
     Repair,
+    /// A new revision of the fleet key (`edgeblock publish`).
+    Fleet,
+    /// A revision of the fleet key that republishes an earlier one (`edgeblock rollback`).
+    Rollback,
 }
 
 impl Trigger {
@@ -31,6 +35,8 @@ impl Trigger {
             Self::Blocks => "runtime-blocks",
             Self::Expiry => "expiry",
             Self::Repair => "repair",
+            Self::Fleet => "fleet",
+            Self::Rollback => "rollback",
         }
     }
 }

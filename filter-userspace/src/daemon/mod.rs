@@ -7,9 +7,10 @@
 //! [`Daemon::record`].
 //!
 //! Modules: `events` (what happened, logged), `watch` (inotify), `metrics` (Prometheus),
-//! `repair` (pins and links put back).
+//! `repair` (pins and links put back), `fleet` (the policy from a NATS key instead of a file).
 
 pub mod events;
+pub mod fleet;
 pub mod metrics;
 mod repair;
 mod watch;
@@ -25,6 +26,7 @@ use tokio::{
 };
 
 pub use events::{Event, Trigger};
+pub use fleet::FleetConfig;
 use metrics::DaemonStats;
 
 use crate::{
@@ -45,7 +47,10 @@ use crate::{
 /// Everything `edgeblock run` was told.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The policy file; with `fleet`, only the name the policy goes by in logs and records.
     pub policy: PathBuf,
+    /// Take the policy from a NATS key instead of the file (docs/fleet.md).
+    pub fleet: Option<FleetConfig>,
     pub interfaces: Vec<String>,
     pub mode: AttachMode,
     pub metrics: Option<SocketAddr>,
@@ -107,6 +112,8 @@ pub enum Input {
     Hangup,
     Stop,
     Scrape(oneshot::Sender<Result<String, MapsError>>),
+    /// A revision of the fleet key arrived.
+    Revision(crate::fleet::Revision),
 }
 
 /// Run until SIGTERM or SIGINT.
@@ -139,13 +146,17 @@ struct Daemon {
     trust: TrustStore,
     /// Who signed the last good policy.
     signers: Vec<String>,
+    /// The fleet key the policy comes from, when it does.
+    fleet: Option<fleet::State>,
 }
 
 async fn main_loop(mut config: Config) -> Result<(), DaemonError> {
-    config.policy = std::path::absolute(&config.policy).map_err(|source| DaemonError::Io {
-        what: "resolving the policy path",
-        source,
-    })?;
+    if config.fleet.is_none() {
+        config.policy = std::path::absolute(&config.policy).map_err(|source| DaemonError::Io {
+            what: "resolving the policy path",
+            source,
+        })?;
+    }
     config.data_dir = std::path::absolute(&config.data_dir).map_err(|source| DaemonError::Io {
         what: "resolving the data directory",
         source,
@@ -171,6 +182,9 @@ async fn main_loop(mut config: Config) -> Result<(), DaemonError> {
     let store = BlockStore::new(&config.data_dir);
     let watch = watch::Watch::new(store.path().to_path_buf(), tx.clone())?;
     let mut daemon = tokio::task::block_in_place(|| Daemon::start(config, store, watch))?;
+    if let Some(fleet) = &daemon.fleet {
+        fleet.spawn(tx.clone());
+    }
 
     if let Some(listener) = listener {
         if let Ok(addr) = listener.local_addr() {
@@ -217,6 +231,9 @@ async fn main_loop(mut config: Config) -> Result<(), DaemonError> {
                     daemon.refresh_interfaces();
                     let _ = reply.send(metrics::render(&daemon.filter, &daemon.stats));
                 }
+                Some(Input::Revision(revision)) => tokio::task::block_in_place(|| {
+                    daemon.apply_revision(revision);
+                }),
             },
             () = sleep_until(debounce), if debounce.is_some() => {
                 let (_, policy, blocks) = pending.take().unwrap_or((Instant::now(), false, false));
@@ -266,8 +283,18 @@ impl Daemon {
         let trust = TrustStore::load(&config.trusted_dir)?;
         // An invalid or badly signed file falls back to the last applied policy, which passed
         // the same checks when it was applied.
-        let (policy, signers, refused) = match signing::load_checked(&config.policy, now, &trust) {
-            Ok((p, verified)) => (p, verified.map(|v| v.signers).unwrap_or_default(), None),
+        let mut fleet_start = None;
+        let loaded = match &config.fleet {
+            Some(f) => {
+                let (policy, signers, start) = fleet::initial(&config, f, &trust, now)?;
+                fleet_start = Some((f.clone(), start));
+                Ok((policy, signers))
+            }
+            None => signing::load_checked(&config.policy, now, &trust)
+                .map(|(p, verified)| (p, verified.map(|v| v.signers).unwrap_or_default())),
+        };
+        let (policy, signers, refused) = match loaded {
+            Ok((p, signers)) => (p, signers, None),
             Err(error) => match snapshot::load(&config.data_dir, now) {
                 Some(Ok(p)) => (p, Vec::new(), Some(error.to_string())),
                 _ => {
@@ -308,6 +335,7 @@ impl Daemon {
             audit,
             trust,
             signers: Vec::new(),
+            fleet: None,
         };
         daemon.record(Event::Started {
             policy: daemon.config.policy.clone(),
@@ -327,6 +355,14 @@ impl Daemon {
         daemon
             .enforce(Trigger::Start, policy, signers)
             .map_err(DaemonError::Refused)?;
+        if let Some((config, start)) = fleet_start {
+            daemon.fleet = Some(fleet::State::new(
+                config,
+                start,
+                &daemon.policy,
+                &daemon.config.data_dir,
+            ));
+        }
         daemon.watch_policy_files();
         let _lock = lock(&daemon.config)?;
         for iface in daemon.config.interfaces.clone() {
@@ -379,11 +415,11 @@ impl Daemon {
                 policy_hash_after: Some(hash.clone()),
                 signers: signers.clone(),
                 rules: changes.clone(),
-                detail: Some(format!("edgeblock run ({trigger})")),
-                ..entry(if *trigger == Trigger::Expiry {
-                    Action::Expiry
-                } else {
-                    Action::Apply
+                detail: Some(format!("edgeblock run ({trigger}{})", self.revision_note())),
+                ..entry(match trigger {
+                    Trigger::Expiry => Action::Expiry,
+                    Trigger::Rollback => Action::Rollback,
+                    _ => Action::Apply,
                 })
             }),
             Event::Refused {
@@ -391,7 +427,10 @@ impl Daemon {
             } => Some(Entry {
                 policy,
                 policy_hash_before: self.live_hash(),
-                detail: Some(format!("edgeblock run ({trigger}): {errors}")),
+                detail: Some(format!(
+                    "edgeblock run ({trigger}{}): {errors}",
+                    self.revision_note()
+                )),
                 ..entry(Action::Refused)
             }),
             Event::Started {
@@ -461,6 +500,11 @@ impl Daemon {
 
     /// Reread the policy file; an invalid version is refused and the last good one stays.
     fn reload_policy(&mut self, trigger: Trigger) {
+        if self.fleet.is_some() {
+            // No file to reread: apply the revision in force again (with the runtime layer).
+            let _ = self.enforce(trigger, self.policy.clone(), self.signers.clone());
+            return;
+        }
         match signing::load_checked(&self.config.policy, Timestamp::now(), &self.trust) {
             Ok((p, verified)) => {
                 for note in &p.notes {
@@ -632,6 +676,9 @@ impl Daemon {
 
     /// Watch the policy file and every file its rules' prefixes came from.
     fn watch_policy_files(&mut self) {
+        if self.fleet.is_some() {
+            return;
+        }
         // The signature beside the policy too: signing a version is what makes it apply.
         let mut files: BTreeSet<PathBuf> = BTreeSet::from([
             self.config.policy.clone(),
