@@ -918,8 +918,10 @@ fn repairs_a_detached_interface_and_removed_pins() {
         "repair after rm",
     );
     let deadline = removed + Duration::from_secs(3);
+    // The program and maps come back first, the link pin after them: wait for all three.
     while !(root.join("prog").exists()
-        && fs::read_dir(root.join("maps")).expect("maps").count() >= 16)
+        && fs::read_dir(root.join("maps")).is_ok_and(|d| d.count() >= 16)
+        && fs::read_dir(root.join("links")).is_ok_and(|mut d| d.next().is_some()))
     {
         assert!(
             Instant::now() < deadline,
