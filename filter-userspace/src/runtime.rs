@@ -38,7 +38,7 @@ pub enum RuntimeError {
     #[error("{location}: not a runtime block: {message}")]
     Parse { location: Location, message: String },
     #[error(
-        "{location}: rule name \"{name}\" is reserved for runtime blocks (`edgeblock block`); rename the rule"
+        "{location}: rule name {name:?} is reserved for runtime blocks (`edgeblock block`); rename the rule"
     )]
     ReservedName { location: Location, name: String },
 }

@@ -109,29 +109,28 @@ pub fn block(g: &Global, args: BlockArgs) -> anyhow::Result<()> {
         }
     };
     let mut entry = Entry::new(&g.actor(), Action::Block);
-    entry.detail = Some(format!(
-        "{} {} {}: {}{}",
-        new.action,
-        new.direction,
-        new.prefix,
-        new.reason,
-        new.expires
-            .map(|e| format!(", until {e}"))
-            .unwrap_or_default()
-    ));
+    entry.detail = Some(describe(&new));
     relayer(g, &store, blocks, now, entry)?;
     println!(
-        "{} {} {} {} ({}){}",
+        "{} {}",
         if replaced { "updated:" } else { "blocked:" },
-        new.action,
-        new.direction,
-        new.prefix,
-        new.reason,
-        new.expires
-            .map(|e| format!(", until {e}"))
-            .unwrap_or_default()
+        describe(&new)
     );
     Ok(())
+}
+
+/// `drop dst 203.0.113.7/32 (ticket 42), until ...`, for the audit log and the terminal.
+fn describe(b: &RuntimeBlock) -> String {
+    format!(
+        "{} {} {} ({:?}){}",
+        b.action,
+        b.direction,
+        b.prefix,
+        b.reason,
+        b.expires
+            .map(|e| format!(", until {e}"))
+            .unwrap_or_default()
+    )
 }
 
 pub fn unblock(g: &Global, args: UnblockArgs) -> anyhow::Result<()> {
