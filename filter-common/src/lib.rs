@@ -240,8 +240,9 @@ pub mod dxr {
     /// then holds a handful of ranges, so a lookup touches the direct entry and one or two
     /// cache lines of ranges, which is what spread traffic over a million prefixes needs.
     pub const V4_DIRECT_BITS: u32 = 20;
-    /// IPv6 direct tables are indexed by the top 16 bits.
-    pub const V6_DIRECT_BITS: u32 = 16;
+    /// IPv6 direct tables are indexed by the top 20 bits too: a block list's IPv6 prefixes sit
+    /// in a few /3s, and 2^20 chunks keep their slices to a few ranges.
+    pub const V6_DIRECT_BITS: u32 = 20;
     /// Chunks (and entries) of one IPv4 direct table.
     pub const V4_CHUNKS: u32 = 1 << V4_DIRECT_BITS;
     /// Chunks (and entries) of one IPv6 direct table.

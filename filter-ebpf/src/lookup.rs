@@ -1,7 +1,7 @@
 //! Address lookup: the only module that knows how prefixes are stored for the data path.
 //!
 //! DXR-style range tables for both families (see `filter_common::dxr`): a direct table
-//! indexed by the top 20 (IPv4) or 16 (IPv6) address bits gives either the chunk's one result
+//! indexed by the top 20 address bits gives either the chunk's one result
 //! or the slice of its ranges, a bounded binary search finds the range, and the range names
 //! the rule. An IPv4 chunk spans 4096 addresses, so its slice is a few ranges in one or two
 //! cache lines: a lookup costs the direct entry and those lines however many prefixes there

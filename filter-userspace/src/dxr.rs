@@ -6,7 +6,7 @@
 //! `(rule_id + 1) << SHADOW_SHIFT`, and a range's result is then the longest enforced prefix's
 //! reference in the low half with, in the high half, the shadow rule whose prefix is the
 //! longest of all when there is one (`filter_common::dxr::SHADOW_SHIFT`). Ranges never cross
-//! a chunk (the top 20 IPv4 or 16 IPv6 address bits), every chunk's slice starts at the
+//! a chunk (the top 20 address bits), every chunk's slice starts at the
 //! chunk's first address, and neighbours in a chunk with the same result are merged.
 //! `direct[c]` is the index of chunk `c`'s first range, `direct[chunks]` the number of ranges.
 //!

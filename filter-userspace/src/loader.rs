@@ -118,7 +118,7 @@ pub enum LoaderError {
     Io { path: String, source: io::Error },
     #[error("opening map {path}: {source}")]
     OpenMap { path: String, source: MapError },
-    #[error("{var}={value:?}: expected a number of ranges from 65536 to 2^30")]
+    #[error("{var}={value:?}: expected a number of ranges from 1024 to 2^30")]
     BadCapacity { var: &'static str, value: String },
 }
 
@@ -564,7 +564,7 @@ fn ranges_capacity(var: &'static str, default: u32) -> Result<u32, LoaderError> 
         Ok(v) => v
             .parse::<u32>()
             .ok()
-            .filter(|n| (dxr::V6_CHUNKS..=1 << 30).contains(n))
+            .filter(|n| (1 << 10..=1 << 30).contains(n))
             .ok_or(LoaderError::BadCapacity { var, value: v }),
     }
 }
