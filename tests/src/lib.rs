@@ -48,6 +48,16 @@ pub fn output_text(out: &std::process::Output) -> String {
 }
 
 /// A path as the `&str` a command line takes; test paths are always UTF-8.
+/// The stdout of an `edgeblock {args}` that must have succeeded; the panic shows its output.
+pub fn succeeded(out: &std::process::Output, args: &[&str]) -> String {
+    assert!(
+        out.status.success(),
+        "edgeblock {args:?} failed: {}",
+        output_text(out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn utf8(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -192,6 +202,13 @@ impl Bpffs {
             "--trusted-dir".as_ref(),
             self.trusted_dir.as_os_str(),
         ]
+    }
+
+    /// `edgeblock` in `ns`, with [`Bpffs::global_args`].
+    pub fn edgeblock(&self, ns: &netns::Netns) -> std::process::Command {
+        let mut c = ns.command(edgeblock_bin());
+        c.args(self.global_args());
+        c
     }
 
     /// The temp dir holding them all.

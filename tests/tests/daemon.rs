@@ -14,8 +14,7 @@ use std::{
 };
 
 use edgeblock_tests::{
-    Bpffs, Topology, UdpProbe, addr::*, edgeblock_bin, output_text, require_root, tcp_echo,
-    tcp_echo_server,
+    Bpffs, Topology, UdpProbe, addr::*, output_text, require_root, tcp_echo, tcp_echo_server,
 };
 
 const ECHO_PORT: u16 = 8080;
@@ -55,9 +54,7 @@ impl Env {
     }
 
     fn command(&self) -> Command {
-        let mut c = self.topo.edge.command(edgeblock_bin());
-        c.args(self.bpffs.global_args());
-        c
+        self.bpffs.edgeblock(&self.topo.edge)
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -68,13 +65,7 @@ impl Env {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "edgeblock {args:?} failed: {}",
-            output_text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        edgeblock_tests::succeeded(&self.cli(args), args)
     }
 
     /// Write the policy in place (truncate and write, as `echo >` does).

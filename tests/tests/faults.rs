@@ -85,13 +85,7 @@ impl Env {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "edgeblock {args:?} failed: {}",
-            text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        edgeblock_tests::succeeded(&self.run(args), args)
     }
 
     fn status(&self) -> serde_json::Value {
