@@ -43,8 +43,12 @@ pub mod stat {
     /// `SHADOW + action`: packets a shadow rule would have decided with that action (see
     /// [`super::rule_flags::SHADOW`]); they were handled by the enforced rules meanwhile.
     pub const SHADOW: u32 = action::COUNT + 6;
+    /// Blocked packets copied to the sample ring for `edgeblock tail`.
+    pub const SAMPLED: u32 = SHADOW + action::COUNT;
+    /// Samples the budget allowed but the ring had no room for (the reader falls behind).
+    pub const SAMPLE_LOST: u32 = SAMPLED + 1;
     /// Length of the stats array.
-    pub const LEN: u32 = SHADOW + action::COUNT;
+    pub const LEN: u32 = SAMPLE_LOST + 1;
 }
 
 /// `RuleEntry::flags` bits.
@@ -358,7 +362,95 @@ pub mod maps {
     pub const REJECT_TB: &str = "EB_REJECT_TB";
     /// Created by userspace; the program never reads it.
     pub const RULES: &str = "EB_RULES";
+    /// Program array of the tail calls: `sample::PROG_MAIN`, `sample::PROG_SAMPLER`.
+    pub const PROGS: &str = "EB_PROGS";
+    /// Ring buffer of [`super::Sample`]s.
+    pub const SAMPLES: &str = "EB_SAMPLES";
+    /// Entry 0: [`super::SampleControl`], the reader's lease.
+    pub const SAMPLE_CTL: &str = "EB_SAMPLE_CTL";
+    /// Per CPU, entry 0: [`super::SampleScratch`], handed from the filter to the sampler.
+    pub const SAMPLE_SCRATCH: &str = "EB_SAMPLE_SCRATCH";
+    /// Per CPU, per rule id: [`super::SampleBudget`].
+    pub const SAMPLE_BUDGET: &str = "EB_SAMPLE_BUDGET";
 }
+
+/// Sampled flows: blocked packets copied to a ring buffer for `edgeblock tail`.
+///
+/// The filter never samples inline: that would double its verifier states. When a reader holds
+/// the lease ([`SampleControl::until_ns`] non-zero), a blocked packet is handed to a separate
+/// sampler program by tail call, with its rule in the per-CPU [`SampleScratch`]. The sampler
+/// checks the lease and the rule's budget for this second, copies the first [`sample::BYTES`]
+/// bytes into the ring, marks the scratch `resumed` and tail-calls the filter again, which
+/// then decides the packet as usual without offering it a second time. With no reader, a
+/// blocked packet costs one array read more.
+pub mod sample {
+    /// Bytes of each packet copied into a sample (Ethernet, IP and transport headers).
+    pub const BYTES: usize = 128;
+    /// Slots of [`super::maps::PROGS`].
+    pub const PROG_MAIN: u32 = 0;
+    pub const PROG_SAMPLER: u32 = 1;
+    pub const PROGS: u32 = 2;
+    /// Ring size: about 6,900 samples, several seconds of the largest budget.
+    pub const RING_BYTES: u32 = 1 << 20;
+    /// How long a lease lasts unless renewed (the reader renews it every second).
+    pub const LEASE_NS: u64 = 3_000_000_000;
+}
+
+/// One sampled packet, as the sampler writes it to the ring.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns).
+    pub time_ns: u64,
+    pub rule_id: u32,
+    pub ifindex: u32,
+    /// The packet's length on the wire (all fragments of a multi-buffer frame).
+    pub len: u32,
+    /// Bytes of `data` that hold the packet's first bytes.
+    pub cap: u16,
+    pub action: u8,
+    pub _pad: u8,
+    pub data: [u8; sample::BYTES],
+}
+const _: () = assert!(size_of::<Sample>() == 24 + sample::BYTES);
+
+/// The sample reader's lease, written by `edgeblock tail`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleControl {
+    /// CLOCK_MONOTONIC ns until which a reader is subscribed; 0: none. The sampler clears an
+    /// expired lease, so a reader that died costs the filter nothing after one packet.
+    pub until_ns: u64,
+    /// Samples per rule per second on each CPU.
+    pub per_cpu: u32,
+    /// Process id of the reader, so another one can tell a live lease from a dead one.
+    pub owner: u32,
+}
+const _: () = assert!(size_of::<SampleControl>() == 16);
+
+/// What the filter hands the sampler (per CPU, entry 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleScratch {
+    pub rule_id: u32,
+    pub action: u8,
+    /// Set by the sampler before it tail-calls the filter back: the filter's next offer on
+    /// this CPU (the same packet) is declined and the flag cleared.
+    pub resumed: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<SampleScratch>() == 8);
+
+/// A rule's sampling budget on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleBudget {
+    /// The second (of CLOCK_MONOTONIC) `used` counts in.
+    pub second: u64,
+    pub used: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SampleBudget>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -371,4 +463,8 @@ mod pod {
     unsafe impl aya::Pod for super::NoticeTarget {}
     unsafe impl aya::Pod for super::TokenBucket {}
     unsafe impl aya::Pod for super::Range6 {}
+    unsafe impl aya::Pod for super::Sample {}
+    unsafe impl aya::Pod for super::SampleControl {}
+    unsafe impl aya::Pod for super::SampleScratch {}
+    unsafe impl aya::Pod for super::SampleBudget {}
 }

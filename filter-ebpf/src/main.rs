@@ -10,6 +10,7 @@ mod lookup;
 mod parse;
 mod redirect;
 mod reply;
+mod sample;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
@@ -74,6 +75,11 @@ pub fn edgeblock(ctx: XdpContext) -> u32 {
             XDP_PASS
         }
         Ok(Outcome::Rule(entry, shadow, pkt)) => {
+            if entry.action != action::PASS {
+                // With a reader subscribed, does not return: the sampler brings the packet
+                // back here, and it is counted and decided then.
+                sample::offer(&ctx, entry);
+            }
             count(&EB_RULE_STATS, entry.rule_id, len);
             count(&EB_STATS, u32::from(entry.action), len);
             if let Some(s) = shadow {
@@ -99,6 +105,13 @@ pub fn edgeblock(ctx: XdpContext) -> u32 {
             }
         }
     }
+}
+
+/// The sampler (`sample`), reached from `edgeblock` by tail call; never attached itself. Its
+/// `frags` must match the filter's: the kernel only tail-calls between programs that agree.
+#[xdp(frags)]
+pub fn edgeblock_sample(ctx: XdpContext) -> u32 {
+    sample::sampler(&ctx)
 }
 
 /// Reject and redirect: the actions that rewrite the frame.

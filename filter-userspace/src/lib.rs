@@ -3,8 +3,8 @@
 //! `loader`, `maps`), applying a policy without a gap (`apply`), the invocation lock (`lock`),
 //! escaping what files and arguments put into messages (`escape`), which capabilities are
 //! missing when BPF work fails (`privileges`), the reference matcher that the differential
-//! tests hold the XDP program to (`reference`), the hash-chained audit trail (`audit`) and
-//! signed policies (`signing`).
+//! tests hold the XDP program to (`reference`), the hash-chained audit trail (`audit`),
+//! signed policies (`signing`) and sampled flows (`sample`).
 
 pub mod apply;
 pub mod audit;
@@ -25,6 +25,7 @@ pub mod policy;
 pub mod privileges;
 pub mod reference;
 pub mod runtime;
+pub mod sample;
 pub mod signing;
 pub mod snapshot;
 

@@ -8,15 +8,15 @@ use std::{fs, io};
 
 use aya::{
     EbpfLoader,
-    maps::{Array, MapData, MapError},
+    maps::{Array, MapData, MapError, ProgramArray},
     programs::{
-        ProgramError, Xdp,
+        ProgramError, ProgramFd, Xdp,
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpMode},
     },
 };
 use aya_obj::programs::XdpAttachType;
-use filter_common::{MAX_RULES, RuleMeta, dxr, maps as names};
+use filter_common::{MAX_RULES, RuleMeta, dxr, maps as names, sample};
 use thiserror::Error;
 
 use crate::{
@@ -36,6 +36,10 @@ pub static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_D
 /// The program's function name in filter-ebpf.
 pub const PROGRAM_NAME: &str = "edgeblock";
 
+/// The sampler's (`filter_common::sample`): loaded beside the filter, reached only by tail call
+/// through `EB_PROGS`, which holds it; it has no pin of its own.
+pub const SAMPLER_NAME: &str = "edgeblock_sample";
+
 /// Maps the program declares (the loader pins them). `EB_RULES` and the prefix records are
 /// created by userspace: the program never reads them.
 const PROGRAM_MAPS: [&str; 14] = [
@@ -53,6 +57,15 @@ const PROGRAM_MAPS: [&str; 14] = [
     names::NOTICE,
     names::NOTICE_DEV,
     names::REJECT_TB,
+];
+
+/// The program's maps of sampled flows (`filter_common::sample`).
+const SAMPLE_MAPS: [&str; 5] = [
+    names::PROGS,
+    names::SAMPLES,
+    names::SAMPLE_CTL,
+    names::SAMPLE_SCRATCH,
+    names::SAMPLE_BUDGET,
 ];
 
 /// Maps userspace creates for itself.
@@ -76,8 +89,10 @@ pub enum LoaderError {
     NotLoaded { root: String },
     #[error("loading the XDP object: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("the XDP object has no program named {PROGRAM_NAME}")]
-    NoProgram,
+    #[error("the XDP object has no program named {name}")]
+    NoProgram { name: &'static str },
+    #[error("the XDP object has no map named {name}")]
+    NoMap { name: &'static str },
     #[error("{what}: {source}")]
     Program { what: String, source: ProgramError },
     #[error("creating map {name}: {source}")]
@@ -190,6 +205,9 @@ impl Filter {
         })?;
         let maps = Maps::open(pins)?;
         let held = all_maps()
+            // A program pinned by an edgeblock older than sampling has no sample maps; it
+            // filters the same, and only `tail` needs them (and says what to do).
+            .filter(|name| !SAMPLE_MAPS.contains(name) || pins.map(name).exists())
             .map(|name| {
                 let path = pins.map(name);
                 MapData::from_pin(&path)
@@ -554,7 +572,10 @@ pub fn purge(pins: &Pins) -> Result<(), LoaderError> {
 
 /// Every map pinned under `<root>/maps`: the program's and the ones userspace creates.
 fn all_maps() -> impl Iterator<Item = &'static str> {
-    PROGRAM_MAPS.into_iter().chain(USERSPACE_MAPS)
+    PROGRAM_MAPS
+        .into_iter()
+        .chain(SAMPLE_MAPS)
+        .chain(USERSPACE_MAPS)
 }
 
 /// A range-table capacity from the environment, or the default.
@@ -581,11 +602,37 @@ fn if_index(iface: &str) -> u32 {
     nix::net::if_::if_nametoindex(iface).unwrap_or(0)
 }
 
+/// Load (verify) one XDP program of the object; a descriptor of it for the program array.
+fn load_xdp(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<ProgramFd, LoaderError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(LoaderError::NoProgram { name })?
+        .try_into()
+        .map_err(|source| LoaderError::Program {
+            what: format!("XDP program {name}"),
+            source,
+        })?;
+    prog.load().map_err(|source| LoaderError::Program {
+        what: format!("loading the XDP program {name} (verifier)"),
+        source,
+    })?;
+    prog.fd()
+        .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        .map_err(|source| LoaderError::Program {
+            what: format!("a descriptor of {name}"),
+            source,
+        })
+}
+
 /// Load the object with every map pinned under `pins` (reusing maps already pinned there),
 /// create the userspace rule table, and pin the program last: a pinned program means a
 /// complete set.
 fn load_and_pin(pins: &Pins) -> Result<(), LoaderError> {
-    let paths: Vec<_> = PROGRAM_MAPS.iter().map(|n| (*n, pins.map(n))).collect();
+    let paths: Vec<_> = PROGRAM_MAPS
+        .iter()
+        .chain(&SAMPLE_MAPS)
+        .map(|n| (*n, pins.map(n)))
+        .collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
@@ -629,18 +676,36 @@ fn load_and_pin(pins: &Pins) -> Result<(), LoaderError> {
         records.push((record, n, value_size));
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let sampler = load_xdp(&mut ebpf, SAMPLER_NAME)?;
+    let main = load_xdp(&mut ebpf, PROGRAM_NAME)?;
+    // The tail calls: the filter to the sampler and back. The array is pinned, so its entries
+    // live as long as the pins (the kernel empties a program array when its last pin and
+    // descriptor are gone).
+    let mut progs = ebpf
+        .map_mut(names::PROGS)
+        .ok_or(LoaderError::NoMap { name: names::PROGS })
+        .and_then(|m| {
+            ProgramArray::try_from(m).map_err(|source| LoaderError::CreateMap {
+                name: names::PROGS,
+                source,
+            })
+        })?;
+    for (slot, fd) in [(sample::PROG_MAIN, &main), (sample::PROG_SAMPLER, &sampler)] {
+        progs
+            .set(slot, fd, 0)
+            .map_err(|source| LoaderError::CreateMap {
+                name: names::PROGS,
+                source,
+            })?;
+    }
     let prog: &mut Xdp = ebpf
         .program_mut(PROGRAM_NAME)
-        .ok_or(LoaderError::NoProgram)?
+        .ok_or(LoaderError::NoProgram { name: PROGRAM_NAME })?
         .try_into()
         .map_err(|source| LoaderError::Program {
             what: "XDP program".into(),
             source,
         })?;
-    prog.load().map_err(|source| LoaderError::Program {
-        what: "loading the XDP program (verifier)".into(),
-        source,
-    })?;
     // The records of the prefixes behind each copy of the range tables: half as many
     // prefixes as ranges, plus the count in slot 0 of each copy.
     for (name, ranges, value_size) in records {

@@ -427,6 +427,10 @@ pub struct GlobalStats {
     pub shadow_drop: CounterJson,
     pub shadow_redirect: CounterJson,
     pub shadow_reject: CounterJson,
+    /// Blocked packets copied to the sample ring (`edgeblock tail`), and samples lost to a
+    /// full ring.
+    pub sampled: CounterJson,
+    pub sample_lost: CounterJson,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -610,6 +614,8 @@ impl Maps {
             shadow_drop: get(stat::SHADOW + u32::from(action::DROP))?,
             shadow_redirect: get(stat::SHADOW + u32::from(action::REDIRECT))?,
             shadow_reject: get(stat::SHADOW + u32::from(action::REJECT))?,
+            sampled: get(stat::SAMPLED)?,
+            sample_lost: get(stat::SAMPLE_LOST)?,
         })
     }
 

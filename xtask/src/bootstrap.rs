@@ -28,6 +28,8 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",
     // The fleet tests (tests/tests/fleet.rs) run a real NATS server with JetStream.
     "nats-server",
+    // `edgeblock tail --pcap` is checked by reading its file back (tests/tests/tail.rs).
+    "tcpdump",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Where Debian's llvm-22-dev lives; bpf-linker's build finds LLVM through `LLVM_PREFIX`.

@@ -17,6 +17,7 @@ mod run;
 mod sign;
 mod stats;
 mod status;
+mod tail;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -155,6 +156,7 @@ enum Cmd {
     #[command(subcommand)]
     Fleet(fleet::Cmd),
     Rollback(rollback::Args),
+    Tail(tail::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -178,6 +180,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Publish(a) => publish::run(g, a),
         Cmd::Fleet(c) => fleet::run(c),
         Cmd::Rollback(a) => rollback::run(g, a),
+        Cmd::Tail(a) => tail::run(g, a),
     }
 }
 

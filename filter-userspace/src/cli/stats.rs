@@ -83,7 +83,7 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     }
     println!();
     let t = &stats.totals;
-    let rows: [(&str, CounterJson); 14] = [
+    let rows: [(&str, CounterJson); 16] = [
         ("pass (rule)", t.pass),
         ("drop (rule)", t.drop),
         ("redirect (rule)", t.redirect),
@@ -98,6 +98,8 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         ("would drop (shadow)", t.shadow_drop),
         ("would redirect (shadow)", t.shadow_redirect),
         ("would reject (shadow)", t.shadow_reject),
+        ("sampled (tail)", t.sampled),
+        ("samples lost", t.sample_lost),
     ];
     for (name, c) in rows {
         println!("{name:<24} {:>14} packets {:>16} bytes", c.packets, c.bytes);

@@ -195,6 +195,18 @@ pub fn render(filter: &Filter, stats: &DaemonStats) -> Result<String, MapsError>
         "Packets a redirect rule could not send to its notice target",
         g.redirect_failed.packets,
     );
+    counter(
+        &mut r,
+        "sampled_packets",
+        "Blocked packets copied to the sample ring for `edgeblock tail`",
+        g.sampled.packets,
+    );
+    counter(
+        &mut r,
+        "sample_lost_packets",
+        "Samples lost because the ring was full (the reader fell behind)",
+        g.sample_lost.packets,
+    );
 
     let config = maps.config()?;
     gauge(
