@@ -234,9 +234,7 @@ impl Record {
         };
         format!(
             "{} {iface} rule={rule} action={} {} {} > {} len={}",
-            self.time()
-                .round(jiff::Unit::Microsecond)
-                .unwrap_or(self.time()),
+            self.time().strftime("%Y-%m-%dT%H:%M:%S%.6fZ"),
             self.action,
             f.proto,
             endpoint(f.src, f.src_port),
@@ -400,6 +398,26 @@ mod tests {
         assert_eq!(Flow::parse(&tcp4(36)).dst_port, None);
         // Not even an IP header.
         assert_eq!(Flow::parse(&tcp4(20)).src, None);
+    }
+
+    #[test]
+    fn a_line_shows_time_rule_action_and_flow() {
+        let data = tcp4(54);
+        let r = Record {
+            time_unix_ns: 1_795_000_000_120_000_000,
+            rule_id: 3,
+            rule: Some("hijack\u{1b}[31m".into()),
+            action: "drop",
+            ifindex: 2,
+            len: 54,
+            flow: Flow::parse(&data),
+            data,
+        };
+        assert_eq!(
+            r.line("eth1"),
+            "2026-11-18T11:06:40.120000Z eth1 rule=hijack\\u{1b}[31m action=drop tcp \
+             192.0.2.1:12345 > 203.0.113.7:80 len=54"
+        );
     }
 
     #[test]

@@ -217,10 +217,15 @@ fn with_filter(topo: &Topology, edgeblock: &Edgeblock<'_>, policy: &Path) -> Res
     edgeblock.run(&["check", &policy])?;
     edgeblock.run(&["apply", &policy, "--dry-run"])?;
     edgeblock.run(&["apply", &policy])?;
+    // A reader of the sampled flows, during the probes; shown after them.
+    let tail = edgeblock.spawn(&["tail", "--count", "6"])?;
 
     println!("\n== probes from the client, policy applied");
     let applied = probe_all(topo, |expect| expect)?;
     print_rows(&applied);
+
+    println!("\n== edgeblock tail: a sample of the packets blocked during those probes");
+    print!("{}", tail.collect(Duration::from_secs(5))?);
 
     println!("\n== edgeblock: counters, a lookup, status, detach");
     edgeblock.run(&["stats"])?;
@@ -245,25 +250,9 @@ struct Edgeblock<'a> {
 impl Edgeblock<'_> {
     fn run(&self, args: &[&str]) -> Result<()> {
         check_interrupt()?;
-        let mut cmd: Command = self.ns.command(self.bin);
-        cmd.arg("--pin-root")
-            .arg(self.bpffs.pin_root())
-            .arg("--state-dir")
-            .arg(self.bpffs.state_dir())
-            .arg("--data-dir")
-            .arg(self.bpffs.data_dir())
-            .arg("--trusted-dir")
-            .arg(self.bpffs.trusted_dir())
-            .args(args)
-            .stdin(Stdio::null());
-        // Shown without the `ip netns exec` prefix and the binary's path, explained once above.
-        println!(
-            "\n[edge] $ edgeblock --pin-root {} --state-dir {} {}",
-            self.bpffs.pin_root().display(),
-            self.bpffs.state_dir().display(),
-            args.join(" ")
-        );
-        let status = cmd
+        let status = self
+            .command(args)
+            .stdin(Stdio::null())
             .status()
             .with_context(|| format!("cannot run {}", self.bin.display()))?;
         check_interrupt()?;
@@ -274,6 +263,79 @@ impl Edgeblock<'_> {
             );
         }
         Ok(())
+    }
+
+    /// Start a command that runs beside the demo (`tail`); its output is read at the end.
+    fn spawn(&self, args: &[&str]) -> Result<Background> {
+        let child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot run {}", self.bin.display()))?;
+        // `tail` announces itself on stderr once it holds the lease; give it that long.
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Background { child })
+    }
+
+    /// The command, shown as the user would type it.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd: Command = self.ns.command(self.bin);
+        cmd.arg("--pin-root")
+            .arg(self.bpffs.pin_root())
+            .arg("--state-dir")
+            .arg(self.bpffs.state_dir())
+            .arg("--data-dir")
+            .arg(self.bpffs.data_dir())
+            .arg("--trusted-dir")
+            .arg(self.bpffs.trusted_dir())
+            .args(args);
+        // Shown without the `ip netns exec` prefix and the binary's path, explained once above.
+        println!(
+            "\n[edge] $ edgeblock --pin-root {} --state-dir {} {}",
+            self.bpffs.pin_root().display(),
+            self.bpffs.state_dir().display(),
+            args.join(" ")
+        );
+        cmd
+    }
+}
+
+/// A command started by [`Edgeblock::spawn`].
+struct Background {
+    child: Child,
+}
+
+impl Background {
+    /// Its output, once it has exited by itself or, after `wait`, been sent SIGTERM.
+    fn collect(mut self, wait: Duration) -> Result<String> {
+        let deadline = Instant::now() + wait;
+        while self.child.try_wait()?.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.child.try_wait()?.is_none() {
+            // Our own child, not yet reaped: the pid is still its own.
+            kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)?;
+        }
+        let mut out = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            stdout.read_to_string(&mut out)?;
+        }
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("the background edgeblock failed ({status})");
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
