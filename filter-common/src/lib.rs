@@ -376,13 +376,14 @@ pub mod maps {
 
 /// Sampled flows: blocked packets copied to a ring buffer for `edgeblock tail`.
 ///
-/// The filter never samples inline: that would double its verifier states. When a reader holds
-/// the lease ([`SampleControl::until_ns`] non-zero), a blocked packet is handed to a separate
-/// sampler program by tail call, with its rule in the per-CPU [`SampleScratch`]. The sampler
-/// checks the lease and the rule's budget for this second, copies the first [`sample::BYTES`]
-/// bytes into the ring, marks the scratch `resumed` and tail-calls the filter again, which
-/// then decides the packet as usual without offering it a second time. With no reader, a
-/// blocked packet costs one array read more.
+/// The filter never copies packets itself: that would double its verifier states. When a reader
+/// holds the lease ([`SampleControl::until_ns`] non-zero and not past), the filter checks the
+/// rule's budget for this second ([`SampleBudget`]), and only a packet within it is handed to
+/// a separate sampler program by tail call, with its rule in the per-CPU [`SampleScratch`].
+/// The sampler copies the first [`sample::BYTES`] bytes into the ring, marks the scratch
+/// `resumed` and tail-calls the filter again, which then decides the packet as usual without
+/// offering it a second time. With no reader, a blocked packet costs one array read more; with
+/// one, a clock read and a budget check more, and the few sampled packets two tail calls.
 pub mod sample {
     /// Bytes of each packet copied into a sample (Ethernet, IP and transport headers).
     pub const BYTES: usize = 128;
@@ -432,6 +433,8 @@ const _: () = assert!(size_of::<SampleControl>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SampleScratch {
+    /// When the filter offered the packet (bpf_ktime_get_ns).
+    pub time_ns: u64,
     pub rule_id: u32,
     pub action: u8,
     /// Set by the sampler before it tail-calls the filter back: the filter's next offer on
@@ -439,7 +442,7 @@ pub struct SampleScratch {
     pub resumed: u8,
     pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<SampleScratch>() == 8);
+const _: () = assert!(size_of::<SampleScratch>() == 16);
 
 /// A rule's sampling budget on one CPU.
 #[repr(C)]

@@ -1,8 +1,9 @@
 //! Sampled flows (see `filter_common::sample`): the filter offers a blocked packet, the sampler
 //! program copies its first bytes into the ring and hands the packet back.
 //!
-//! The sampler is its own program, reached by tail call, so the filter's verifier states do not
-//! grow with it, and a filter with no reader pays one array read per blocked packet.
+//! The sampler is its own program, reached by tail call only for packets within the budget, so
+//! the filter's verifier states do not grow with the copy, and a filter with no reader pays one
+//! array read per blocked packet.
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_DROP,
@@ -36,13 +37,18 @@ static EB_SAMPLE_SCRATCH: PerCpuArray<SampleScratch> = PerCpuArray::with_max_ent
 static EB_SAMPLE_BUDGET: PerCpuArray<SampleBudget> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 
 /// Called by the filter for a packet an enforced rule blocks, before anything is counted. When
-/// a reader holds the lease, this tail-calls the sampler and does not return: the sampler
-/// brings the packet back to the filter's start. Returns when there is no reader, when the
-/// packet is on its second pass, or when the tail call fails (the packet is then decided
-/// unsampled).
+/// a reader holds the lease and the rule has budget left this second on this CPU, this
+/// tail-calls the sampler and does not return: the sampler brings the packet back to the
+/// filter's start. Returns when there is no reader or no budget, when the packet is on its
+/// second pass, or when the tail call fails (the packet is then decided unsampled).
 #[inline(always)]
 pub fn offer(ctx: &XdpContext, entry: &RuleEntry) {
-    if EB_SAMPLE_CTL.get(0).is_none_or(|c| c.until_ns == 0) {
+    let Some(ctl) = EB_SAMPLE_CTL.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a map value; the only write from here is the 8-byte clear below.
+    let ctl = unsafe { &mut *ctl };
+    if ctl.until_ns == 0 {
         return;
     }
     let Some(scratch) = EB_SAMPLE_SCRATCH.get_ptr_mut(0) else {
@@ -54,38 +60,6 @@ pub fn offer(ctx: &XdpContext, entry: &RuleEntry) {
         scratch.resumed = 0;
         return;
     }
-    scratch.rule_id = entry.rule_id;
-    scratch.action = entry.action;
-    // SAFETY: the slot holds an XDP program of the same kind (the loader fills it).
-    unsafe { EB_PROGS.tail_call(ctx, sample::PROG_SAMPLER) };
-}
-
-/// The sampler program's body: sample within the budget, then back to the filter. Should
-/// that tail call fail, the packet, which a rule blocks, is dropped.
-#[inline(always)]
-pub fn sampler(ctx: &XdpContext) -> u32 {
-    let Some(scratch) = EB_SAMPLE_SCRATCH.get_ptr_mut(0) else {
-        return XDP_DROP;
-    };
-    // SAFETY: as in `offer`.
-    let scratch = unsafe { &mut *scratch };
-    emit(ctx, scratch.rule_id, scratch.action);
-    scratch.resumed = 1;
-    // SAFETY: as in `offer`.
-    unsafe { EB_PROGS.tail_call(ctx, sample::PROG_MAIN) };
-    scratch.resumed = 0;
-    XDP_DROP
-}
-
-/// Copy the packet's first bytes into the ring, if the lease is live and the rule has budget
-/// left this second on this CPU.
-#[inline(always)]
-fn emit(ctx: &XdpContext, rule_id: u32, action: u8) {
-    let Some(ctl) = EB_SAMPLE_CTL.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: a map value; the only write from here is the 8-byte clear below.
-    let ctl = unsafe { &mut *ctl };
     // SAFETY: no arguments, no side effects.
     let now = unsafe { bpf_ktime_get_ns() };
     if ctl.until_ns <= now {
@@ -94,10 +68,10 @@ fn emit(ctx: &XdpContext, rule_id: u32, action: u8) {
         ctl.until_ns = 0;
         return;
     }
-    let Some(budget) = EB_SAMPLE_BUDGET.get_ptr_mut(rule_id) else {
+    let Some(budget) = EB_SAMPLE_BUDGET.get_ptr_mut(entry.rule_id) else {
         return;
     };
-    // SAFETY: this CPU's slot, as in `offer`.
+    // SAFETY: this CPU's slot, as above.
     let budget = unsafe { &mut *budget };
     let second = now / 1_000_000_000;
     if budget.second != second {
@@ -108,6 +82,33 @@ fn emit(ctx: &XdpContext, rule_id: u32, action: u8) {
         return;
     }
     budget.used += 1;
+    scratch.time_ns = now;
+    scratch.rule_id = entry.rule_id;
+    scratch.action = entry.action;
+    // SAFETY: the slot holds an XDP program of the same kind (the loader fills it).
+    unsafe { EB_PROGS.tail_call(ctx, sample::PROG_SAMPLER) };
+}
+
+/// The sampler program's body: copy the packet into the ring, then back to the filter. Should
+/// that tail call fail, the packet, which a rule blocks, is dropped.
+#[inline(always)]
+pub fn sampler(ctx: &XdpContext) -> u32 {
+    let Some(scratch) = EB_SAMPLE_SCRATCH.get_ptr_mut(0) else {
+        return XDP_DROP;
+    };
+    // SAFETY: as in `offer`.
+    let scratch = unsafe { &mut *scratch };
+    emit(ctx, scratch);
+    scratch.resumed = 1;
+    // SAFETY: as in `offer`.
+    unsafe { EB_PROGS.tail_call(ctx, sample::PROG_MAIN) };
+    scratch.resumed = 0;
+    XDP_DROP
+}
+
+/// Copy the packet's first bytes into the ring.
+#[inline(always)]
+fn emit(ctx: &XdpContext, scratch: &SampleScratch) {
     // SAFETY: ctx.ctx is the xdp_md the kernel passed to this program.
     let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
     let Some(mut entry) = EB_SAMPLES.reserve::<Sample>(0) else {
@@ -126,12 +127,12 @@ fn emit(ctx: &XdpContext, rule_id: u32, action: u8) {
         && unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, (*s).data.as_mut_ptr().cast(), cap) } == 0;
     // SAFETY: as above; every field is written before the entry is submitted.
     unsafe {
-        (*s).time_ns = now;
-        (*s).rule_id = rule_id;
+        (*s).time_ns = scratch.time_ns;
+        (*s).rule_id = scratch.rule_id;
         (*s).ifindex = (*ctx.ctx).ingress_ifindex;
         (*s).len = len as u32;
         (*s).cap = if copied { cap as u16 } else { 0 };
-        (*s).action = action;
+        (*s).action = scratch.action;
         (*s)._pad = 0;
     }
     entry.submit(0);
