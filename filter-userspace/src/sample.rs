@@ -33,7 +33,8 @@ pub enum SampleError {
     Open { path: String, source: MapError },
     #[error(
         "{path} is missing: the pinned program was loaded by an edgeblock older than sampled \
-         flows; `edgeblock detach --all --purge`, then `apply` and `attach`, loads this one"
+         flows, or someone removed the pin; `edgeblock detach --all --purge`, then `apply` and \
+         `attach`, loads the program again with it"
     )]
     TooOld { path: String },
     #[error("{name}: {source}")]
