@@ -710,14 +710,11 @@ impl Plan {
     }
 }
 
-/// What a range result holds for an entry (`filter_common::dxr::SHADOW_SHIFT`): an enforced
-/// rule in the low half, a shadow rule in the high half.
+/// What a range result holds for an entry (`filter_common::dxr::reference`): an enforced
+/// rule in the low half, a shadow rule in the high half, each with whether it blocks.
 fn reference(e: &RuleEntry) -> u32 {
-    if e.flags & filter_common::rule_flags::SHADOW != 0 {
-        (e.rule_id + 1) << filter_common::dxr::SHADOW_SHIFT
-    } else {
-        e.rule_id + 1
-    }
+    let shadow = e.flags & filter_common::rule_flags::SHADOW != 0;
+    filter_common::dxr::reference(e.rule_id, e.action, shadow)
 }
 
 /// The table value of a rule with id `id`.
