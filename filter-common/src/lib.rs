@@ -301,15 +301,41 @@ pub mod dxr {
         ((network as u64) << 32) | ((len as u64) << 24) | (rule_id as u64 & 0xff_ffff)
     }
 
-    /// A range result holds two rule references of 16 bits each, 0 for none, n for the rule
-    /// with id n - 1 (whose entry is in `EB_RESULTS`): the low half is the enforced rule (the
-    /// longest enforced prefix: it decides); the high half, shifted by this, is the shadow
-    /// rule whose prefix is the longest of all (enforced and shadow) holding the range, when
-    /// there is one.
+    /// A range result holds two rule references of 16 bits each, 0 for none (see
+    /// [`reference`]): the low half is the enforced rule (the longest enforced prefix: it
+    /// decides); the high half, shifted by this, is the shadow rule whose prefix is the longest
+    /// of all (enforced and shadow) holding the range, when there is one.
     pub const SHADOW_SHIFT: u32 = 16;
     /// The enforced half of a range result.
     pub const ENFORCED_MASK: u32 = (1 << SHADOW_SHIFT) - 1;
-    const _: () = assert!(super::MAX_RULES < ENFORCED_MASK);
+    /// The rule of a reference: n for the rule with id n - 1, whose entry is in `EB_RESULTS`.
+    pub const RULE_MASK: u32 = (1 << 13) - 1;
+    const _: () = assert!(super::MAX_RULES <= RULE_MASK);
+    /// A reference's bit for a shadow rule (only ever set in the shadow half).
+    pub const SHADOW_RULE: u32 = 1 << 14;
+    /// A reference's bit for a rule that blocks (any action but pass): the program settles
+    /// precedence between the two directions from the references alone, and reads the entry
+    /// of the one rule that decides.
+    pub const BLOCKS: u32 = 1 << 15;
+    const _: () = assert!(RULE_MASK < SHADOW_RULE && SHADOW_RULE < BLOCKS);
+    const _: () = assert!(BLOCKS <= ENFORCED_MASK);
+
+    /// The reference a range result holds for a rule: in the low half for an enforced rule,
+    /// in the high half for a shadow rule. `rule_id < MAX_RULES`.
+    #[inline(always)]
+    pub const fn reference(rule_id: u32, action: u8, shadow: bool) -> u32 {
+        let blocks = if action == super::action::PASS {
+            0
+        } else {
+            BLOCKS
+        };
+        let r = ((rule_id + 1) & RULE_MASK) | blocks;
+        if shadow {
+            (r | SHADOW_RULE) << SHADOW_SHIFT
+        } else {
+            r
+        }
+    }
 
     /// A range: its first address in the high half, the result in the low half (see
     /// [`SHADOW_SHIFT`]).
@@ -319,7 +345,7 @@ pub mod dxr {
     }
 }
 /// An IPv6 range (`EB_V6_RNG_*`) or record entry (`EB_V6_REC_*`): the first address as two
-/// big-endian halves, and the result (ranges: 0 or rule id + 1) or, in a record,
+/// big-endian halves, and the result (ranges: `dxr::SHADOW_SHIFT`) or, in a record,
 /// `len << 24 | rule_id`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]

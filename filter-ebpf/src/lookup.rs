@@ -8,7 +8,7 @@
 //! are, which keeps spread traffic over a million prefixes fast.
 
 use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
-use filter_common::{MAX_RULES, Range6, RuleEntry, action, active, direction, dxr, rule_flags};
+use filter_common::{MAX_RULES, Range6, RuleEntry, active, direction, dxr};
 
 /// Direct tables, one entry per chunk (`dxr::leaf` or `dxr::slice`, the slice's first index
 /// absolute in the range map of the table's direction, the copy's offset included).
@@ -39,15 +39,6 @@ static EB_RESULTS: Array<RuleEntry> = Array::with_max_entries(2 * MAX_RULES, 0);
 /// Entry 0: the copy in use (both families) and which of its tables hold prefixes.
 #[map(name = "EB_ACTIVE")]
 static EB_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
-
-/// The entry a rule reference (0: none, n: rule id n - 1) names in the active copy.
-#[inline(always)]
-fn result(copy: u32, result: u32) -> Option<&'static RuleEntry> {
-    if result == 0 {
-        return None;
-    }
-    EB_RESULTS.get(copy * MAX_RULES + (result - 1))
-}
 
 /// One table's result (`dxr::SHADOW_SHIFT`) for an address in `chunk`: the leaf's, or that
 /// of the range `search` finds in the chunk's slice; 0 when nothing matches.
@@ -102,9 +93,7 @@ fn search<R>(
 /// The result (`dxr::SHADOW_SHIFT`) of the range holding `addr` in one direction's IPv4
 /// table; 0 when nothing matches.
 #[inline(always)]
-fn v4(copy: u32, dir: u8, ranges: &'static Array<u64>, addr: [u8; 4]) -> u32 {
-    // Ranges compare as integers: one byte swap per lookup.
-    let a = u32::from_be_bytes(addr);
+fn v4(copy: u32, dir: u8, ranges: &'static Array<u64>, a: u32) -> u32 {
     find(
         &EB_V4_DIRECT,
         dxr::V4_CHUNKS,
@@ -118,10 +107,7 @@ fn v4(copy: u32, dir: u8, ranges: &'static Array<u64>, addr: [u8; 4]) -> u32 {
 
 /// The IPv6 counterpart of `v4`: 128-bit starts compared as two 64-bit halves.
 #[inline(always)]
-fn v6(copy: u32, dir: u8, ranges: &'static Array<Range6>, addr: &[u8; 16]) -> u32 {
-    let a = addr;
-    let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
-    let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+fn v6(copy: u32, dir: u8, ranges: &'static Array<Range6>, &[hi, lo]: &[u64; 2]) -> u32 {
     find(
         &EB_V6_DIRECT,
         dxr::V6_CHUNKS,
@@ -154,29 +140,31 @@ pub fn entry(slot: u32) -> Option<&'static RuleEntry> {
     EB_RESULTS.get(slot - 1)
 }
 
-/// The `EB_RESULTS` slot of a rule reference in the active copy.
+/// The `EB_RESULTS` slot of a rule reference (`dxr::reference`) in the active copy.
 #[inline(always)]
 fn slot(copy: u32, reference: u32) -> u32 {
-    if reference == 0 {
+    let rule = reference & dxr::RULE_MASK;
+    if rule == 0 {
         0
     } else {
-        copy * MAX_RULES + reference
+        copy * MAX_RULES + rule
     }
 }
 
-/// Whether the rule a reference names blocks (is not pass).
+/// Whether the rule a reference names blocks (is not pass): a bit of the reference, so
+/// precedence costs no map read.
 #[inline(always)]
-fn blocks(copy: u32, reference: u32) -> bool {
-    matches!(result(copy, reference), Some(e) if e.action != action::PASS)
+fn blocks(reference: u32) -> bool {
+    reference & dxr::BLOCKS != 0
 }
 
 /// Precedence between the directions' rule references: a blocking destination match, else a
 /// blocking source match, else a pass match (destination first), else nothing.
 #[inline(always)]
-fn pick(copy: u32, dst: u32, src: u32) -> u32 {
-    if blocks(copy, dst) {
+fn pick(dst: u32, src: u32) -> u32 {
+    if blocks(dst) {
         dst
-    } else if blocks(copy, src) {
+    } else if blocks(src) {
         src
     } else if dst != 0 {
         dst
@@ -210,7 +198,7 @@ pub struct Decision {
 fn decide(copy: u32, dst: u32, src: impl FnOnce() -> u32) -> Decision {
     let d = dst & dxr::ENFORCED_MASK;
     let dst_shadow = dst >> dxr::SHADOW_SHIFT;
-    if dst_shadow == 0 && blocks(copy, d) {
+    if dst_shadow == 0 && blocks(d) {
         return Decision {
             rule: slot(copy, d),
             shadow: 0,
@@ -219,22 +207,23 @@ fn decide(copy: u32, dst: u32, src: impl FnOnce() -> u32) -> Decision {
     let src = src();
     let s = src & dxr::ENFORCED_MASK;
     let src_shadow = src >> dxr::SHADOW_SHIFT;
-    let rule = slot(copy, pick(copy, d, s));
+    let rule = slot(copy, pick(d, s));
     if dst_shadow | src_shadow == 0 {
         return Decision { rule, shadow: 0 };
     }
     let wd = if dst_shadow != 0 { dst_shadow } else { d };
     let ws = if src_shadow != 0 { src_shadow } else { s };
-    let w = pick(copy, wd, ws);
-    let shadow = match result(copy, w) {
-        Some(e) if e.flags & rule_flags::SHADOW != 0 => slot(copy, w),
-        _ => 0,
+    let w = pick(wd, ws);
+    let shadow = if w & dxr::SHADOW_RULE != 0 {
+        slot(copy, w)
+    } else {
+        0
     };
     Decision { rule, shadow }
 }
 
 #[inline(always)]
-pub fn decide_v4(act: u32, src: [u8; 4], dst: [u8; 4]) -> Decision {
+pub fn decide_v4(act: u32, src: u32, dst: u32) -> Decision {
     let copy = act & active::COPY;
     decide(
         copy,
@@ -250,7 +239,7 @@ pub fn decide_v4(act: u32, src: [u8; 4], dst: [u8; 4]) -> Decision {
 }
 
 #[inline(always)]
-pub fn decide_v6(act: u32, src: &[u8; 16], dst: &[u8; 16]) -> Decision {
+pub fn decide_v6(act: u32, src: &[u64; 2], dst: &[u64; 2]) -> Decision {
     let copy = act & active::COPY;
     decide(
         copy,

@@ -117,11 +117,17 @@ pub fn edgeblock_sample(ctx: XdpContext) -> u32 {
 /// Reject and redirect: the actions that rewrite the frame.
 #[inline(always)]
 fn rewrite(ctx: &XdpContext, entry: &RuleEntry, pkt: &Packet, len: u64) -> u32 {
+    // One call of the reply builders for both ways to a reset: the verifier walks the largest
+    // part of the program once per call site.
+    let rejects = match entry.action {
+        action::REJECT => true,
+        action::REDIRECT => entry.flags & rule_flags::HTTPS_REJECT != 0 && is_https(ctx, pkt),
+        _ => false,
+    };
+    if rejects {
+        return reject(ctx, pkt, len);
+    }
     match entry.action {
-        action::REJECT => reject(ctx, pkt, len),
-        action::REDIRECT if entry.flags & rule_flags::HTTPS_REJECT != 0 && is_https(ctx, pkt) => {
-            reject(ctx, pkt, len)
-        }
         action::REDIRECT => match redirect::redirect(ctx, pkt, entry.target) {
             Some(verdict) => verdict,
             None => {

@@ -378,7 +378,9 @@ fn icmp4(ctx: &XdpContext, pkt: &Packet, src: [u8; 4], dst: [u8; 4]) -> Result<(
     let ip_hdr = pkt.l4_off - pkt.l3_off;
     // RFC 792: the offending header and the first 8 bytes of its data, as far as they exist
     // in this buffer.
-    let linear = ctx.data_end() - ctx.data();
+    // Kept whole: with a variable l3 LLVM would otherwise add -l3 to data_end first, pointer
+    // arithmetic on pkt_end that the verifier refuses.
+    let linear = core::hint::black_box(ctx.data_end() - ctx.data());
     let quote = (ip_hdr + 8).min(pkt.ip_len).min(linear - l3);
     open_gap(ctx, EXTRA)?;
     let total = EXTRA + quote;
@@ -396,7 +398,9 @@ fn icmp4(ctx: &XdpContext, pkt: &Packet, src: [u8; 4], dst: [u8; 4]) -> Result<(
 fn icmp6(ctx: &XdpContext, pkt: &Packet, src: &[u8; 16], dst: &[u8; 16]) -> Result<(), Unanswered> {
     const EXTRA: usize = 40 + 8;
     let l3 = pkt.l3_off;
-    let linear = ctx.data_end() - ctx.data();
+    // Kept whole: with a variable l3 LLVM would otherwise add -l3 to data_end first, pointer
+    // arithmetic on pkt_end that the verifier refuses.
+    let linear = core::hint::black_box(ctx.data_end() - ctx.data());
     let quote = pkt.ip_len.min(MAX_QUOTE_V6).min(linear - l3);
     open_gap(ctx, EXTRA)?;
     let payload = 8 + quote;

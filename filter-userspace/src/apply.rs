@@ -18,7 +18,7 @@ use std::{
 use filter_common::{
     Config, MAX_NOTICE_TARGETS, MAX_RULES, NoticeTarget, RuleEntry, RuleMeta, active, direction,
 };
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
 use crate::{
@@ -239,8 +239,8 @@ impl<F: Family> Built<F> {
 pub struct PrefixMoves {
     /// The action of the rule's entries ("drop", ...).
     pub action: &'static str,
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
+    pub added: Vec<IpNet>,
+    pub removed: Vec<IpNet>,
 }
 
 /// A prefix of either family, for counting the addresses a plan blocks.
@@ -470,40 +470,44 @@ impl Plan {
     /// Per rule name, the prefixes it gains and loses (a prefix moved between rules is lost by
     /// one and gained by the other), for the audit trail.
     pub fn prefix_moves(&self) -> BTreeMap<String, PrefixMoves> {
-        fn table<P: fmt::Display>(
-            plan: &Plan,
-            out: &mut BTreeMap<String, PrefixMoves>,
-            d: &TableDiff<P>,
-        ) {
+        // By rule id first, named at the end: a million prefixes of one rule make one String.
+        fn table<P: Copy + Into<IpNet>>(out: &mut BTreeMap<u32, PrefixMoves>, d: &TableDiff<P>) {
             fn entry<'a>(
-                plan: &Plan,
-                out: &'a mut BTreeMap<String, PrefixMoves>,
+                out: &'a mut BTreeMap<u32, PrefixMoves>,
                 e: &RuleEntry,
             ) -> &'a mut PrefixMoves {
-                out.entry(plan.name(e.rule_id).to_owned())
-                    .or_insert_with(|| PrefixMoves {
-                        action: action_name(e.action),
-                        ..PrefixMoves::default()
-                    })
+                out.entry(e.rule_id).or_insert_with(|| PrefixMoves {
+                    action: action_name(e.action),
+                    ..PrefixMoves::default()
+                })
             }
             for (p, e) in &d.add {
-                entry(plan, out, e).added.push(p.to_string());
+                entry(out, e).added.push((*p).into());
             }
             for (p, old, new) in &d.change {
                 if old.rule_id != new.rule_id {
-                    entry(plan, out, old).removed.push(p.to_string());
-                    entry(plan, out, new).added.push(p.to_string());
+                    entry(out, old).removed.push((*p).into());
+                    entry(out, new).added.push((*p).into());
                 }
             }
             for (p, e) in &d.remove {
-                entry(plan, out, e).removed.push(p.to_string());
+                entry(out, e).removed.push((*p).into());
             }
         }
-        let mut out = BTreeMap::new();
-        table(self, &mut out, &self.dst_v4);
-        table(self, &mut out, &self.src_v4);
-        table(self, &mut out, &self.dst_v6);
-        table(self, &mut out, &self.src_v6);
+        let mut by_id = BTreeMap::new();
+        table(&mut by_id, &self.dst_v4);
+        table(&mut by_id, &self.src_v4);
+        table(&mut by_id, &self.dst_v6);
+        table(&mut by_id, &self.src_v6);
+        let mut out: BTreeMap<String, PrefixMoves> = BTreeMap::new();
+        for (id, moves) in by_id {
+            let named = out.entry(self.name(id).to_owned()).or_insert(PrefixMoves {
+                action: moves.action,
+                ..PrefixMoves::default()
+            });
+            named.added.extend(moves.added);
+            named.removed.extend(moves.removed);
+        }
         out
     }
 
@@ -710,14 +714,11 @@ impl Plan {
     }
 }
 
-/// What a range result holds for an entry (`filter_common::dxr::SHADOW_SHIFT`): an enforced
-/// rule in the low half, a shadow rule in the high half.
+/// What a range result holds for an entry (`filter_common::dxr::reference`): an enforced
+/// rule in the low half, a shadow rule in the high half, each with whether it blocks.
 fn reference(e: &RuleEntry) -> u32 {
-    if e.flags & filter_common::rule_flags::SHADOW != 0 {
-        (e.rule_id + 1) << filter_common::dxr::SHADOW_SHIFT
-    } else {
-        e.rule_id + 1
-    }
+    let shadow = e.flags & filter_common::rule_flags::SHADOW != 0;
+    filter_common::dxr::reference(e.rule_id, e.action, shadow)
 }
 
 /// The table value of a rule with id `id`.

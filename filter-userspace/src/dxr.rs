@@ -2,8 +2,8 @@
 //! IPv6 alike.
 //!
 //! A table is the whole address space cut into ranges, each with one result: 0 for "no prefix",
-//! or `rule_id + 1` of the longest prefix covering it. Shadow rules come in as
-//! `(rule_id + 1) << SHADOW_SHIFT`, and a range's result is then the longest enforced prefix's
+//! or the reference (`filter_common::dxr::reference`) of the longest prefix covering it. Shadow
+//! rules come in shifted by `SHADOW_SHIFT`, and a range's result is then the longest enforced prefix's
 //! reference in the low half with, in the high half, the shadow rule whose prefix is the
 //! longest of all when there is one (`filter_common::dxr::SHADOW_SHIFT`). Ranges never cross
 //! a chunk (the top 20 address bits), every chunk's slice starts at the
@@ -29,13 +29,13 @@ pub struct Dxr {
     pub direct: Vec<u32>,
     /// First address of each range, in address order.
     pub starts: Vec<u128>,
-    /// Result of each range: 0, or the rule id + 1.
+    /// Result of each range: 0, or a rule reference (`filter_common::dxr::reference`).
     pub results: Vec<u32>,
 }
 
 impl Dxr {
     /// An IPv4 table from prefixes in ascending (network, length) order (`BTreeMap` order),
-    /// each with its result (`rule_id + 1`, never 0).
+    /// each with its result (a rule reference, never 0).
     pub fn build(prefixes: impl IntoIterator<Item = (Ipv4Net, u32)>) -> Self {
         let spans = prefixes.into_iter().map(|(p, r)| {
             (

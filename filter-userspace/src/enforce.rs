@@ -13,7 +13,7 @@ use crate::{
     lockout::{HostAddrs, LockoutError, check},
     neigh::{NeighError, resolve},
     policy::Policy,
-    runtime::{RuntimeBlock, RuntimeError, merge},
+    runtime::{RuntimeBlock, RuntimeError, merge, merge_keeps_rules},
 };
 
 /// How long to wait for the kernel to resolve a notice target's next hop.
@@ -49,8 +49,24 @@ pub fn prepare(
     blocks_file: &Path,
     now: Timestamp,
 ) -> Result<Prepared, EnforceError> {
+    prepare_compiled(policy, None, blocks, blocks_file, now)
+}
+
+/// [`prepare`] for a caller that has compiled `policy` already (`edgeblock apply` hashes it
+/// before anything else): when the runtime layer changes nothing at `now`, that compilation
+/// is the merged policy's and is used rather than made again.
+pub fn prepare_compiled(
+    policy: &Policy,
+    compiled: Option<Compiled>,
+    blocks: &[RuntimeBlock],
+    blocks_file: &Path,
+    now: Timestamp,
+) -> Result<Prepared, EnforceError> {
     let merged = merge(policy, blocks, blocks_file, now)?;
-    let compiled = compile(&merged);
+    let compiled = match compiled {
+        Some(c) if merge_keeps_rules(policy, blocks, now) => c,
+        _ => compile(&merged),
+    };
     let host = HostAddrs::discover().map_err(EnforceError::Host)?;
     let lockout = check(&compiled, &host, &merged.protect);
     let targets = resolve_targets(&compiled)?;

@@ -1584,18 +1584,21 @@ impl Validator<'_> {
             });
         }
 
-        let mut seen: HashMap<IpNet, Location> = HashMap::default();
-        let mut prefixes = Vec::with_capacity(entries.len());
+        // Sized up front and holding indexes into `prefixes`: a million-line list costs no
+        // rehash and no location clone.
+        let mut seen: HashMap<IpNet, usize> =
+            HashMap::with_capacity_and_hasher(entries.len(), Default::default());
+        let mut prefixes: Vec<PrefixEntry> = Vec::with_capacity(entries.len());
         for entry in entries {
             match seen.entry(entry.net) {
                 Entry::Occupied(first) => self.notes.push(Note::DuplicateInRule {
                     rule: name.clone(),
                     net: entry.net,
-                    first: first.get().clone(),
+                    first: prefixes[*first.get()].location.clone(),
                     again: entry.location,
                 }),
                 Entry::Vacant(slot) => {
-                    slot.insert(entry.location.clone());
+                    slot.insert(prefixes.len());
                     prefixes.push(entry);
                 }
             }
@@ -1888,7 +1891,9 @@ impl Validator<'_> {
     fn check_across_rules(&mut self, candidates: &[Candidate]) {
         let live: Vec<&Candidate> = candidates.iter().filter(|c| !c.expired).collect();
 
-        let mut owner: HashMap<(Direction, IpNet), (&Candidate, &Location)> = HashMap::default();
+        let total = live.iter().map(|c| c.prefixes.len()).sum();
+        let mut owner: HashMap<(Direction, IpNet), (&Candidate, &Location)> =
+            HashMap::with_capacity_and_hasher(total, Default::default());
         for &c in &live {
             let Some(direction) = c.direction else {
                 continue;
@@ -1921,15 +1926,17 @@ impl Validator<'_> {
             });
         }
 
+        // One pass over the owners: (direction, is IPv4) -> distinct prefixes.
+        let mut counts: HashMap<(Direction, bool), usize> = HashMap::default();
+        for (d, net) in owner.keys() {
+            *counts.entry((*d, matches!(net, IpNet::V4(_)))).or_default() += 1;
+        }
         for direction in [Direction::Dst, Direction::Src] {
             for (family, v4, max) in [
                 ("IPv4", true, MAX_V4_PREFIXES),
                 ("IPv6", false, MAX_V6_PREFIXES),
             ] {
-                let count = owner
-                    .keys()
-                    .filter(|(d, net)| *d == direction && matches!(net, IpNet::V4(_)) == v4)
-                    .count();
+                let count = counts.get(&(direction, v4)).copied().unwrap_or(0);
                 if count > max as usize {
                     self.errors.push(PolicyError::TooManyPrefixes {
                         file: self.path.to_path_buf(),

@@ -235,6 +235,16 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
         .create(dir)
 }
 
+/// Whether [`merge`] at `now` keeps the policy's rules as they are: no block in force and no
+/// rule expired. The merged policy then compiles to what the policy does.
+pub fn merge_keeps_rules(policy: &Policy, blocks: &[RuntimeBlock], now: Timestamp) -> bool {
+    blocks.iter().all(|b| b.expired(now))
+        && policy
+            .rules
+            .iter()
+            .all(|r| r.expires.is_none_or(|e| e > now))
+}
+
 /// The policy with the unexpired `blocks` (from `file`) in front of its rules and the rules
 /// expired at `now` left out. Each block's location is its line in `file`.
 pub fn merge(
@@ -383,6 +393,25 @@ expires = "2030-01-01T00:00:00Z"
         assert_eq!(v.action, filter_common::action::PASS);
         assert_eq!(merged.rules[1].prefixes[0].location.line, 1);
         assert_eq!(merged.rules[0].prefixes[0].location.line, 3);
+    }
+
+    #[test]
+    fn merge_keeps_rules_exactly_when_the_merged_policy_compiles_the_same() {
+        let p = policy(POLICY);
+        let now = Timestamp::from_second(100).expect("time");
+        let expired = [block("192.0.2.7/32", BlockAction::Drop, Some(100))];
+        let in_force = [block("192.0.2.7/32", BlockAction::Drop, Some(101))];
+        for blocks in [&[][..], &expired[..]] {
+            assert!(merge_keeps_rules(&p, blocks, now));
+            let merged = merge(&p, blocks, Path::new("b"), now).expect("merge");
+            assert_eq!(compile(&merged), compile(&p));
+        }
+        assert!(!merge_keeps_rules(&p, &in_force, now));
+        let at = Timestamp::from_second(1_893_456_000).expect("2030-01-01");
+        assert!(
+            !merge_keeps_rules(&p, &[], at),
+            "the rule \"soon\" expires at `at`"
+        );
     }
 
     #[test]

@@ -131,7 +131,9 @@ pub fn cost(prog: &Xdp, frame: &[u8], expect: u32, repeat: u32, runs: usize) -> 
     Ok(c)
 }
 
-/// An `edgeblock` CLI invocation on a private pin root and state dir.
+/// An `edgeblock` CLI invocation on a private pin root, state dir and data dir (under the
+/// state dir: the audit log, the recorded policy and the runtime blocks of the host's
+/// /var/lib/edgeblock must neither be written nor merged into what is measured).
 pub struct Cli<'a> {
     pub bin: &'a Path,
     pub pin_root: PathBuf,
@@ -144,7 +146,8 @@ impl Cli<'_> {
         cmd.arg("--pin-root")
             .arg(&self.pin_root)
             .arg("--state-dir")
-            .arg(self.state_dir);
+            .arg(self.state_dir)
+            .env("EDGEBLOCK_DATA_DIR", self.state_dir.join("data"));
         cmd
     }
 

@@ -5,7 +5,7 @@ use edgeblock::{
     apply::{Live, Plan},
     audit::{self, Action, Entry, Log},
     compile::hash_hex,
-    enforce::{prepare, unix},
+    enforce::{prepare_compiled, unix},
     loader::Filter,
     runtime::BlockStore,
     signing::{self, PolicyFiles},
@@ -114,7 +114,7 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         .context("reading the runtime blocks")
         .map_err(|e| super::privileged("apply", edgeblock::privileges::Need::Read, e))?;
     let now_ts = now();
-    let prepared = prepare(&policy, &blocks, store.path(), now_ts)
+    let prepared = prepare_compiled(&policy, Some(compiled), &blocks, store.path(), now_ts)
         .with_context(|| format!("{}: nothing was changed", args.policy.display()))
         .map_err(|e| rec.refused(hash, e))?;
     let problems = &prepared.lockout;
