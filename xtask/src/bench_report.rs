@@ -376,10 +376,22 @@ impl Report {
         }
         match &self.control {
             Ok(c) => {
+                // Judged on the whole `edgeblock apply` (what an operator waits for) when it
+                // was measured, on the library's apply otherwise.
+                let whole = c.cli_scratch_s;
                 goals.push(Goal {
                     goal: format!("apply {} prefixes from scratch < 2 s", count(c.prefixes)),
-                    measured: format!("{:.3} s", c.scratch_s),
-                    met: Some(c.scratch_s < 2.0),
+                    measured: match whole {
+                        Some(w) => format!(
+                            "`edgeblock apply` {w:.2} s (library apply {:.3} s)",
+                            c.scratch_s
+                        ),
+                        None => format!(
+                            "library apply {:.3} s (whole command not measured)",
+                            c.scratch_s
+                        ),
+                    },
+                    met: Some(whole.unwrap_or(c.scratch_s) < 2.0),
                 });
                 let m = median(&c.change_s);
                 goals.push(Goal {
