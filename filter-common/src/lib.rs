@@ -363,6 +363,13 @@ pub const MAX_V4_PREFIXES: u32 = 1 << 24;
 /// (`dxr::DEFAULT_V6_DST_RANGES`) is checked by `apply`.
 pub const MAX_V6_PREFIXES: u32 = 1 << 22;
 
+/// Version of what userspace and the program must agree on: map layouts, the range and rule
+/// reference encodings, stat indices. Bump it with any such change. The loader records it in
+/// [`maps::ABI`] when it loads the program, and every later `edgeblock` refuses to work on a
+/// program pinned with another: writing one encoding into maps a program reads as another
+/// would turn blocks into passes without an error.
+pub const ABI: u32 = 2;
+
 /// Map names, shared so the loader and the program cannot disagree.
 pub mod maps {
     pub const RULE_STATS: &str = "EB_RULE_STATS";
@@ -388,6 +395,8 @@ pub mod maps {
     pub const REJECT_TB: &str = "EB_REJECT_TB";
     /// Created by userspace; the program never reads it.
     pub const RULES: &str = "EB_RULES";
+    /// Created by userspace, entry 0: the [`super::ABI`] of the pinned program.
+    pub const ABI: &str = "EB_ABI";
     /// Program array of the tail calls: `sample::PROG_MAIN`, `sample::PROG_SAMPLER`.
     pub const PROGS: &str = "EB_PROGS";
     /// Ring buffer of [`super::Sample`]s.

@@ -69,8 +69,9 @@ const SAMPLE_MAPS: [&str; 5] = [
 ];
 
 /// Maps userspace creates for itself.
-const USERSPACE_MAPS: [&str; 5] = [
+const USERSPACE_MAPS: [&str; 6] = [
     names::RULES,
+    names::ABI,
     names::V4_RECORD_DST,
     names::V4_RECORD_SRC,
     names::V6_RECORD_DST,
@@ -129,6 +130,16 @@ pub enum LoaderError {
         ifaces: Vec<String>,
         program_id: u32,
     },
+    #[error(
+        "the program pinned under {root} was loaded by another edgeblock version (its table \
+         layout is {}, this edgeblock's is {}), and this one cannot work on it safely; nothing \
+         was changed. Keep using the edgeblock that loaded it, or move to this one with \
+         `edgeblock detach --all --purge`, then `edgeblock apply POLICY` and `edgeblock attach \
+         IFACE` (nothing is filtered in between)",
+        found.map_or("older than recorded versions".to_owned(), |v| format!("version {v}")),
+        filter_common::ABI
+    )]
+    Incompatible { root: String, found: Option<u32> },
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
     #[error("opening map {path}: {source}")]
@@ -195,6 +206,13 @@ impl Filter {
             }
             return Err(LoaderError::NotLoaded {
                 root: pins.root().display().to_string(),
+            });
+        }
+        let found = pinned_abi(pins);
+        if found != Some(filter_common::ABI) {
+            return Err(LoaderError::Incompatible {
+                root: pins.root().display().to_string(),
+                found,
             });
         }
         let prog = Xdp::from_pin(pins.prog(), XdpAttachType::Interface).map_err(|source| {
@@ -578,6 +596,14 @@ fn all_maps() -> impl Iterator<Item = &'static str> {
         .chain(USERSPACE_MAPS)
 }
 
+/// The ABI recorded beside the pinned program; None when there is no record (an edgeblock from
+/// before the record) or it cannot be read.
+fn pinned_abi(pins: &Pins) -> Option<u32> {
+    let data = MapData::from_pin(pins.map(names::ABI)).ok()?;
+    let abi = Array::<MapData, u32>::try_from(aya::maps::Map::Array(data)).ok()?;
+    abi.get(&0, 0).ok()
+}
+
 /// A range-table capacity from the environment, or the default.
 fn ranges_capacity(var: &'static str, default: u32) -> Result<u32, LoaderError> {
     match std::env::var(var) {
@@ -736,6 +762,29 @@ fn load_and_pin(pins: &Pins) -> Result<(), LoaderError> {
         })?;
         rules.pin(&rules_path).map_err(|source| LoaderError::Pin {
             path: rules_path.display().to_string(),
+            source,
+        })?;
+    }
+    // The program about to be pinned is this edgeblock's: record its ABI (over any record a
+    // purge left behind).
+    let abi_path = pins.map(names::ABI);
+    let set_err = |source| LoaderError::CreateMap {
+        name: names::ABI,
+        source,
+    };
+    if abi_path.exists() {
+        let data = MapData::from_pin(&abi_path).map_err(|source| LoaderError::OpenMap {
+            path: abi_path.display().to_string(),
+            source,
+        })?;
+        Array::<MapData, u32>::try_from(aya::maps::Map::Array(data))
+            .and_then(|mut abi| abi.set(0, filter_common::ABI, 0))
+            .map_err(set_err)?;
+    } else {
+        let mut abi = Array::<MapData, u32>::create(1, 0).map_err(set_err)?;
+        abi.set(0, filter_common::ABI, 0).map_err(set_err)?;
+        abi.pin(&abi_path).map_err(|source| LoaderError::Pin {
+            path: abi_path.display().to_string(),
             source,
         })?;
     }

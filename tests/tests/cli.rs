@@ -506,3 +506,64 @@ fn unprivileged_runs_check_and_are_told_what_the_rest_needs() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Rewrite the ABI record beside the pinned program, as an edgeblock of another version would
+/// have left it; `None` removes it (an edgeblock from before the record).
+fn pretend_abi(env: &Env, abi: Option<u32>) {
+    let path = env
+        .bpffs
+        .pin_root()
+        .join("maps")
+        .join(filter_common::maps::ABI);
+    match abi {
+        None => {
+            std::fs::remove_file(&path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()))
+        }
+        Some(v) => {
+            let data = aya::maps::MapData::from_pin(&path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            let mut map = aya::maps::Array::<_, u32>::try_from(aya::maps::Map::Array(data))
+                .unwrap_or_else(|e| panic!("{} is not an array: {e}", path.display()));
+            map.set(0, v, 0)
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
+    }
+}
+
+#[test]
+fn a_program_pinned_by_another_version_is_refused_and_left_alone() {
+    let env = Env::new();
+    let good = env.file("good.toml", GOOD);
+    env.ok(&["apply", path(&good)]);
+    let before = env.snapshot();
+    pretend_abi(&env, Some(filter_common::ABI - 1));
+    let older = format!("version {}", filter_common::ABI - 1);
+    for args in [
+        &["status"][..],
+        &["stats"],
+        &["apply", path(&good)],
+        &["block", "203.0.113.77", "--reason", "test"],
+    ] {
+        env.fails(
+            args,
+            &[
+                "loaded by another edgeblock version",
+                &older,
+                "nothing was changed",
+            ],
+        );
+    }
+    // With the record back, everything works again, and the refused commands changed nothing.
+    pretend_abi(&env, Some(filter_common::ABI));
+    assert_eq!(env.snapshot(), before, "a refused command changed the maps");
+    pretend_abi(&env, None);
+    env.fails(&["apply", path(&good)], &["older than recorded versions"]);
+    // The way out the message gives.
+    env.ok(&["detach", "--all", "--purge"]);
+    env.ok(&["apply", path(&good)]);
+    assert_eq!(
+        env.snapshot().1,
+        before.1,
+        "the same rules after the reload"
+    );
+}
