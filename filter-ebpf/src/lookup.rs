@@ -40,15 +40,17 @@ static EB_RESULTS: Array<RuleEntry> = Array::with_max_entries(2 * MAX_RULES, 0);
 #[map(name = "EB_ACTIVE")]
 static EB_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
-/// One table's result (`dxr::SHADOW_SHIFT`) for an address in `chunk`: the leaf's, or that
-/// of the range `search` finds in the chunk's slice; 0 when nothing matches.
+/// One table's result (`dxr::SHADOW_SHIFT`) for an address in `chunk`: the leaf's, the inline
+/// entry's, or that of the range `search` finds in the chunk's slice; 0 when nothing matches.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn find<R>(
     direct: &'static Array<u64>,
     chunks: u32,
     ranges: &'static Array<R>,
     steps: u32,
     (copy, dir, chunk): (u32, u8, u32),
+    inline_offset: Option<u32>,
     at_or_before: impl Fn(&R) -> bool,
     value: impl Fn(&R) -> u32,
 ) -> u32 {
@@ -57,6 +59,12 @@ fn find<R>(
     };
     if d & dxr::LEAF != 0 {
         return d as u32;
+    }
+    // Tables whose chunks can be inline (IPv4) pass the address's offset in its chunk.
+    if let Some(offset) = inline_offset
+        && d & dxr::INLINE != 0
+    {
+        return dxr::inline_result(d, offset);
     }
     let lo = d as u32;
     let hi = lo.wrapping_add((d >> 32) as u32);
@@ -100,6 +108,7 @@ fn v4(copy: u32, dir: u8, ranges: &'static Array<u64>, a: u32) -> u32 {
         ranges,
         dxr::SEARCH_STEPS,
         (copy, dir, a >> (32 - dxr::V4_DIRECT_BITS)),
+        Some(a & ((1 << (32 - dxr::V4_DIRECT_BITS)) - 1)),
         |r| (*r >> 32) as u32 <= a,
         |r| *r as u32,
     )
@@ -114,6 +123,7 @@ fn v6(copy: u32, dir: u8, ranges: &'static Array<Range6>, &[hi, lo]: &[u64; 2]) 
         ranges,
         dxr::V6_SEARCH_STEPS,
         (copy, dir, (hi >> (64 - dxr::V6_DIRECT_BITS)) as u32),
+        None,
         |r| r.start_hi < hi || (r.start_hi == hi && r.start_lo <= lo),
         |r| r.value as u32,
     )

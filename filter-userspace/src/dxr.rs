@@ -180,15 +180,43 @@ impl Dxr {
         self.results[lo]
     }
 
-    /// The form the maps hold: one-result chunks as leaves, the other chunks' ranges.
+    /// The inline direct entry (`dxr::inline`) of the chunk whose ranges are `lo..hi`, when it
+    /// can have one: chunks of at most `dxr::INLINE_SPAN` addresses, one result around one
+    /// interval, no shadow reference.
+    fn inline(&self, lo: usize, hi: usize, span: u128) -> Option<u64> {
+        if span > u128::from(dxr::INLINE_SPAN) {
+            return None;
+        }
+        let r = &self.results[lo..hi];
+        let narrow = |v: u32| v <= 0xffff;
+        let chunk = self.starts[lo];
+        let offset = |i: usize| (self.starts[i] - chunk) as u32;
+        match r {
+            // [outer][inner...end of chunk)
+            [outer, inner] if narrow(*outer) && narrow(*inner) => {
+                Some(dxr::inline(offset(lo + 1), span as u32, *inner, *outer))
+            }
+            // [outer][inner][outer]
+            [outer, inner, after] if outer == after && narrow(*outer) && narrow(*inner) => {
+                Some(dxr::inline(offset(lo + 1), offset(lo + 2), *inner, *outer))
+            }
+            _ => None,
+        }
+    }
+
+    /// The form the maps hold: one-result chunks as leaves, chunks with one interval inline,
+    /// the other chunks' ranges.
     pub fn pack(&self) -> Packed {
         let mut direct = Vec::with_capacity(self.chunks());
         let (mut starts, mut results) = (Vec::new(), Vec::new());
         let mut longest = 0;
+        let span = 1u128 << self.chunk_bits();
         for c in 0..self.chunks() {
             let (lo, hi) = (self.direct[c] as usize, self.direct[c + 1] as usize);
             if hi - lo == 1 {
                 direct.push(dxr::leaf(self.results[lo]));
+            } else if let Some(entry) = self.inline(lo, hi, span) {
+                direct.push(entry);
             } else {
                 direct.push(dxr::slice(starts.len() as u32, (hi - lo) as u32));
                 starts.extend_from_slice(&self.starts[lo..hi]);
@@ -206,8 +234,9 @@ impl Dxr {
     }
 }
 
-/// A table as its maps hold it: the direct entries (`dxr::leaf`, or `dxr::slice` with the
-/// first index relative to the copy's start) and the ranges of the chunks that need them.
+/// A table as its maps hold it: the direct entries (`dxr::leaf`, `dxr::inline`, or
+/// `dxr::slice` with the first index relative to the copy's start) and the ranges of the
+/// chunks that need them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packed {
     chunk_bits: u32,
@@ -234,6 +263,10 @@ impl Packed {
         let d = self.direct[(addr >> self.chunk_bits) as usize];
         if d & dxr::LEAF != 0 {
             return d as u32;
+        }
+        if d & dxr::INLINE != 0 {
+            let offset = (addr & ((1u128 << self.chunk_bits) - 1)) as u32;
+            return dxr::inline_result(d, offset);
         }
         let mut lo = d as u32 as usize;
         let mut hi = lo + (d >> 32) as usize;
@@ -375,6 +408,54 @@ mod tests {
         assert_eq!(at("10.1.1.200"), 3 | shadow(4));
         assert_eq!(at("192.168.3.3"), shadow(5), "shadow alone");
         assert_eq!(at("172.16.0.1"), 0);
+    }
+
+    #[test]
+    fn a_prefix_alone_in_its_chunk_packs_inline_without_ranges() {
+        let shadow = |r: u32| r << dxr::SHADOW_SHIFT;
+        let prefixes: BTreeMap<Ipv4Net, u32> = [
+            // Alone in chunk 10.0.0.0/20: outer 0 around it.
+            (net("10.0.1.0/24"), 7),
+            // At a chunk's end: two ranges, the interval runs to the end.
+            (net("10.0.31.0/24"), 8),
+            // Inside a wider prefix: outer is the wider one's.
+            (net("172.16.0.0/12"), 2),
+            (net("172.16.4.4/32"), 9),
+            // Two intervals in one chunk: a slice.
+            (net("192.0.2.0/28"), 3),
+            (net("192.0.2.64/28"), 4),
+            // A shadow rule cannot be inline.
+            (net("198.51.100.0/24"), shadow(5)),
+        ]
+        .into_iter()
+        .collect();
+        let packed = Dxr::build(prefixes.iter().map(|(p, r)| (*p, *r))).pack();
+        let entry = |a: &str| {
+            let a = u32::from(a.parse::<Ipv4Addr>().expect("addr"));
+            packed.direct[(a >> V4_CHUNK_BITS) as usize]
+        };
+        let kind = |d: u64| match d {
+            d if d & dxr::LEAF != 0 => "leaf",
+            d if d & dxr::INLINE != 0 => "inline",
+            _ => "slice",
+        };
+        assert_eq!(entry("10.0.1.1"), dxr::inline(0x100, 0x200, 7, 0));
+        assert_eq!(entry("10.0.31.1"), dxr::inline(0xf00, 0x1000, 8, 0));
+        assert_eq!(entry("172.16.4.4"), dxr::inline(0x404, 0x405, 9, 2));
+        assert_eq!(kind(entry("192.0.2.1")), "slice");
+        assert_eq!(kind(entry("198.51.100.1")), "slice");
+        assert_eq!(kind(entry("172.17.0.1")), "leaf");
+        // Only the two slices store ranges: five (two intervals) and three.
+        assert_eq!(packed.len(), 8);
+        let mut seed = 7;
+        for a in probes(&prefixes, &mut seed) {
+            assert_eq!(
+                packed.lookup(u128::from(a), dxr::SEARCH_STEPS),
+                naive(&prefixes, a),
+                "address {}",
+                Ipv4Addr::from(a)
+            );
+        }
     }
 
     #[test]

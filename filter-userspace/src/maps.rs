@@ -326,7 +326,7 @@ impl<F: Family> Ranges<F> {
             .zip(&table.direct)
         {
             // A slice's first index is relative to the copy: the program indexes the whole map.
-            *slot = if entry & filter_common::dxr::LEAF != 0 {
+            *slot = if entry & (filter_common::dxr::LEAF | filter_common::dxr::INLINE) != 0 {
                 *entry
             } else {
                 entry + base as u64

@@ -229,7 +229,7 @@ fn check_shape(t: &Packed, prefixes: usize, steps: u32) {
         t.longest
     );
     for &d in &t.direct {
-        if d & dxr::LEAF == 0 {
+        if d & (dxr::LEAF | dxr::INLINE) == 0 {
             let (first, count) = ((d as u32) as usize, (d >> 32) as usize);
             assert!(count >= 2, "a one-range chunk is a leaf");
             assert!(first + count <= t.len(), "slice out of the table");
