@@ -447,15 +447,7 @@ mod tests {
         assert_eq!(kind(entry("172.17.0.1")), "leaf");
         // Only the two slices store ranges: five (two intervals) and three.
         assert_eq!(packed.len(), 8);
-        let mut seed = 7;
-        for a in probes(&prefixes, &mut seed) {
-            assert_eq!(
-                packed.lookup(u128::from(a), dxr::SEARCH_STEPS),
-                naive(&prefixes, a),
-                "address {}",
-                Ipv4Addr::from(a)
-            );
-        }
+        check(&prefixes, &mut 7);
     }
 
     #[test]

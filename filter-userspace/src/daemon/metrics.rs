@@ -60,6 +60,25 @@ fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     registry.register(name, help, c);
 }
 
+/// `<name>_packets_total` and `<name>_bytes_total`, labelled by `action`.
+fn by_action<const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    packets_help: &str,
+    bytes_help: &str,
+    counts: [(&str, CounterJson); N],
+) {
+    let packets = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    for (action, c) in counts {
+        let l = labels([("action", action)]);
+        packets.get_or_create(&l).inc_by(c.packets);
+        bytes.get_or_create(&l).inc_by(c.bytes);
+    }
+    registry.register(format!("{name}_packets"), packets_help, packets);
+    registry.register_with_unit(name, bytes_help, Unit::Bytes, bytes);
+}
+
 fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
     let g: Gauge = Gauge::default();
     g.set(value);
@@ -116,54 +135,30 @@ pub fn render(filter: &Filter, stats: &DaemonStats) -> Result<String, MapsError>
     );
 
     let g = maps.global_stats()?;
-    let action_packets = Family::<Labels, Counter>::default();
-    let action_bytes = Family::<Labels, Counter>::default();
-    let actions: [(&str, CounterJson); 5] = [
-        ("pass", g.pass),
-        ("drop", g.drop),
-        ("redirect", g.redirect),
-        ("reject", g.reject),
-        ("no_match", g.no_match),
-    ];
-    for (action, c) in actions {
-        let l = labels([("action", action)]);
-        action_packets.get_or_create(&l).inc_by(c.packets);
-        action_bytes.get_or_create(&l).inc_by(c.bytes);
-    }
-    r.register(
-        "action_packets",
-        "Packets by the action taken (no_match: passed, no rule matched)",
-        action_packets,
-    );
-    r.register_with_unit(
+    by_action(
+        &mut r,
         "action",
+        "Packets by the action taken (no_match: passed, no rule matched)",
         "Bytes by the action taken",
-        Unit::Bytes,
-        action_bytes,
+        [
+            ("pass", g.pass),
+            ("drop", g.drop),
+            ("redirect", g.redirect),
+            ("reject", g.reject),
+            ("no_match", g.no_match),
+        ],
     );
-    let shadow_packets = Family::<Labels, Counter>::default();
-    let shadow_bytes = Family::<Labels, Counter>::default();
-    let shadow: [(&str, CounterJson); 4] = [
-        ("pass", g.shadow_pass),
-        ("drop", g.shadow_drop),
-        ("redirect", g.shadow_redirect),
-        ("reject", g.shadow_reject),
-    ];
-    for (action, c) in shadow {
-        let l = labels([("action", action)]);
-        shadow_packets.get_or_create(&l).inc_by(c.packets);
-        shadow_bytes.get_or_create(&l).inc_by(c.bytes);
-    }
-    r.register(
-        "shadow_action_packets",
-        "Packets shadow rules would have handled, by the action they would have taken (the enforced rules decided them)",
-        shadow_packets,
-    );
-    r.register_with_unit(
+    by_action(
+        &mut r,
         "shadow_action",
+        "Packets shadow rules would have handled, by the action they would have taken (the enforced rules decided them)",
         "Bytes of the packets shadow rules would have handled",
-        Unit::Bytes,
-        shadow_bytes,
+        [
+            ("pass", g.shadow_pass),
+            ("drop", g.shadow_drop),
+            ("redirect", g.shadow_redirect),
+            ("reject", g.shadow_reject),
+        ],
     );
     counter(
         &mut r,
