@@ -236,13 +236,14 @@ pub const MAX_RULES: u32 = 4096;
 
 /// Address lookup: DXR-style range tables (Zec, Rizzo, Mikuc 2012), for IPv4 and IPv6. The
 /// address space is cut into ranges with one result each; a direct table indexed by the top
-/// 16 address bits gives the slice of ranges in that chunk, and a binary search over it finds
-/// the range. Two copies of everything (0 and 1): `apply` writes the inactive copy, then flips
+/// 20 address bits gives the chunk's one result, its few ranges inline (IPv4, [`Chunk`]), or
+/// the slice of its ranges in a range map, which a binary search finds the range in. Two copies of everything (0 and 1): `apply` writes the inactive copy, then flips
 /// `EB_ACTIVE`, so a packet always sees one whole policy, both families.
 pub mod dxr {
-    /// Address bits that index an IPv4 direct table: 2^20 chunks of 4096 addresses. A chunk
-    /// then holds a handful of ranges, so a lookup touches the direct entry and one or two
-    /// cache lines of ranges, which is what spread traffic over a million prefixes needs.
+    /// Address bits that index an IPv4 direct table: 2^20 chunks of 4096 addresses. With a
+    /// million prefixes a chunk holds one or two of them, few enough to sit in its 16-byte
+    /// entry ([`super::Chunk`]), so a lookup reads one cache line of a table that does not
+    /// fit in the cache, which is what spread traffic over a million prefixes needs.
     pub const V4_DIRECT_BITS: u32 = 20;
     /// IPv6 direct tables are indexed by the top 20 bits too: a block list's IPv6 prefixes sit
     /// in a few /3s, and 2^20 chunks keep their slices to a few ranges.
@@ -254,58 +255,34 @@ pub mod dxr {
     /// Direct tables per family: (copy * 2 + direction) * chunks + chunk, in `EB_V4_DIRECT` /
     /// `EB_V6_DIRECT`.
     pub const TABLES: u32 = 4;
-    /// A direct entry with this bit set is a leaf: the whole chunk has one result, in the low
-    /// 32 bits, and no ranges are stored for it. With [`INLINE`] set instead, see there.
-    /// Otherwise the low 32 bits are the index of
+    /// An IPv6 direct entry with this bit set is a leaf: the whole chunk has one result, in the
+    /// low 32 bits, and no ranges are stored for it. Otherwise the low 32 bits are the index of
     /// the chunk's first range in the range map (the copy's offset included) and bits 32..62
-    /// the number of its ranges.
+    /// the number of its ranges. IPv4 direct entries are [`super::Chunk`]s.
     pub const LEAF: u64 = 1 << 63;
 
-    /// A direct entry for a chunk with one result.
+    /// An IPv6 direct entry for a chunk with one result.
     #[inline(always)]
     pub const fn leaf(result: u32) -> u64 {
         LEAF | result as u64
     }
 
-    /// A direct entry for a chunk whose `count` ranges start at `first`.
+    /// An IPv6 direct entry for a chunk whose `count` ranges start at `first`.
     #[inline(always)]
     pub const fn slice(first: u32, count: u32) -> u64 {
         ((count as u64) << 32) | first as u64
     }
 
-    /// A direct entry with this bit set (and not [`LEAF`]) is inline: the chunk has one result
-    /// (`outer`) but for one interval of it (`inner`), which is what a prefix alone in its
-    /// chunk makes. The entry holds both and the interval, so the lookup reads no range: with
-    /// traffic spread over a large list, that is one cache miss a packet instead of two.
-    /// Layout: inner reference in bits 0..16, outer in 16..32, the interval's first offset in
-    /// the chunk in 32..44 and its end (exclusive, up to 4096) in 44..57. Only for chunks of at
-    /// most 4096 addresses (IPv4), and only when neither result names a shadow rule (each
-    /// reference has 16 bits here).
-    pub const INLINE: u64 = 1 << 62;
-    /// The largest chunk span an inline entry can describe.
-    pub const INLINE_SPAN: u32 = 1 << 12;
-
-    /// An inline direct entry; `start < end <= INLINE_SPAN`, both results below 2^16.
-    #[inline(always)]
-    pub const fn inline(start: u32, end: u32, inner: u32, outer: u32) -> u64 {
-        INLINE
-            | ((end as u64) << 44)
-            | ((start as u64) << 32)
-            | ((outer as u64) << 16)
-            | inner as u64
-    }
-
-    /// The result an inline entry gives the address at `offset` in its chunk.
-    #[inline(always)]
-    pub const fn inline_result(d: u64, offset: u32) -> u32 {
-        let start = (d >> 32) as u32 & 0xfff;
-        let end = (d >> 44) as u32 & 0x1fff;
-        if offset >= start && offset < end {
-            d as u32 & 0xffff
-        } else {
-            (d >> 16) as u32 & 0xffff
-        }
-    }
+    /// Most boundaries (starts of ranges after the chunk's first) an inline [`super::Chunk`]
+    /// holds: a chunk of up to seven ranges, three prefixes in it, needs no range map.
+    pub const INLINE_BOUNDS: usize = 6;
+    /// Bits of one boundary in an inline chunk: an offset in a chunk of 4096 addresses.
+    pub const BOUND_BITS: u32 = 32 - V4_DIRECT_BITS;
+    /// Entries of each table's palette (`EB_V4_PALETTE`): an inline chunk names its results by
+    /// their index in its table's palette, which holds the results inline chunks use most.
+    pub const PALETTE: u32 = 1 << PALETTE_BITS;
+    /// Bits of a palette index.
+    pub const PALETTE_BITS: u32 = 6;
 
     /// Default capacity, in ranges, of each copy of the IPv4 destination table. Only chunks
     /// with more than one result store ranges, at most three per prefix (a prefix alone in
@@ -391,6 +368,105 @@ pub struct Range6 {
 }
 const _: () = assert!(size_of::<Range6>() == 24);
 
+/// An IPv4 direct-table entry (`EB_V4_DIRECT`): what the lookup needs of one chunk of 4096
+/// addresses, in 16 bytes, so that most lookups read one cache line of the table and nothing
+/// else. The low two bits of `lo` give the kind:
+///
+/// - [`Chunk::LEAF`]: the whole chunk has one result, `hi`'s low 32 bits.
+/// - [`Chunk::SLICE`]: the chunk's ranges are `count` (`lo >> 32`) entries of the range map
+///   from index `hi` (the copy's offset included). All zero: an empty slice, a table not yet
+///   written, which gives no result.
+/// - [`Chunk::INLINE`]: up to [`dxr::INLINE_BOUNDS`] + 1 ranges held in the entry. Six
+///   boundary slots of 12 bits (five in `hi` from bit 0, the sixth in `lo` from bit 44) hold
+///   the chunk offsets where ranges start, unused slots 0; seven palette indexes of 6 bits (in
+///   `lo` from bit 2) hold the results, right-aligned: the address at `offset` takes the index
+///   in slot `6 - (boundaries above offset)`. The count needs no branch, so the verifier
+///   sees one path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Chunk {
+    pub lo: u64,
+    pub hi: u64,
+}
+const _: () = assert!(size_of::<Chunk>() == 16);
+// Seven slots and the sixth boundary fit in `lo`, five boundaries in `hi`.
+const _: () = assert!(Chunk::SIXTH_AT + dxr::BOUND_BITS <= 64);
+const _: () = assert!(5 * dxr::BOUND_BITS <= 64 && dxr::INLINE_BOUNDS == 6);
+
+impl Chunk {
+    pub const KIND: u64 = 3;
+    pub const SLICE: u64 = 0;
+    pub const LEAF: u64 = 1;
+    pub const INLINE: u64 = 2;
+    /// Where the palette indexes start in `lo`.
+    const SLOTS_AT: u32 = 2;
+    /// Where the sixth boundary sits in `lo`.
+    const SIXTH_AT: u32 = Self::SLOTS_AT + (dxr::INLINE_BOUNDS as u32 + 1) * dxr::PALETTE_BITS;
+
+    /// A chunk with one result.
+    #[inline(always)]
+    pub const fn leaf(result: u32) -> Self {
+        Self {
+            lo: Self::LEAF,
+            hi: result as u64,
+        }
+    }
+
+    /// A chunk whose `count` ranges start at index `first` of the range map.
+    #[inline(always)]
+    pub const fn slice(first: u64, count: u32) -> Self {
+        Self {
+            lo: (count as u64) << 32,
+            hi: first,
+        }
+    }
+
+    /// A chunk of `bounds.len() + 1` ranges: the first starts at offset 0, the others at
+    /// `bounds` (ascending, each in `1..4096`); `slots[i]` is the palette index of range `i`.
+    /// Needs `bounds.len() <= INLINE_BOUNDS`, `slots.len() == bounds.len() + 1`, every slot
+    /// below `PALETTE`.
+    pub fn inline(bounds: &[u16], slots: &[u8]) -> Self {
+        let unused = dxr::INLINE_BOUNDS - bounds.len();
+        let mut lo = Self::INLINE;
+        let mut hi = 0;
+        for (i, &b) in bounds.iter().enumerate() {
+            let b = u64::from(b) & ((1 << dxr::BOUND_BITS) - 1);
+            if i < 5 {
+                hi |= b << (dxr::BOUND_BITS * i as u32);
+            } else {
+                lo |= b << Self::SIXTH_AT;
+            }
+        }
+        for (i, &p) in slots.iter().enumerate() {
+            let at = Self::SLOTS_AT + dxr::PALETTE_BITS * (unused + i) as u32;
+            lo |= (u64::from(p) & u64::from(dxr::PALETTE - 1)) << at;
+        }
+        Self { lo, hi }
+    }
+
+    #[inline(always)]
+    pub const fn kind(&self) -> u64 {
+        self.lo & Self::KIND
+    }
+
+    /// The palette index an inline chunk gives the address at `offset` (below 4096) in it.
+    #[inline(always)]
+    pub fn slot(&self, offset: u32) -> u32 {
+        let o = u64::from(offset);
+        let mask = (1 << dxr::BOUND_BITS) - 1;
+        // 1 for each boundary above the offset: unused slots (0) never are.
+        let mut above = o.wrapping_sub((self.lo >> Self::SIXTH_AT) & mask) >> 63;
+        let mut b = self.hi;
+        for _ in 0..5 {
+            above += o.wrapping_sub(b & mask) >> 63;
+            b >>= dxr::BOUND_BITS;
+        }
+        let slot = dxr::INLINE_BOUNDS as u64 - above;
+        ((self.lo >> (u64::from(Self::SLOTS_AT) + u64::from(dxr::PALETTE_BITS) * slot))
+            & u64::from(dxr::PALETTE - 1)) as u32
+    }
+}
+
 /// Most IPv4 prefixes a table can ever be given; the loaded program's own capacity (see
 /// `dxr::DEFAULT_DST_RANGES`) is usually smaller and is checked by `apply`.
 pub const MAX_V4_PREFIXES: u32 = 1 << 24;
@@ -403,7 +479,7 @@ pub const MAX_V6_PREFIXES: u32 = 1 << 22;
 /// [`maps::ABI`] when it loads the program, and every later `edgeblock` refuses to work on a
 /// program pinned with another: writing one encoding into maps a program reads as another
 /// would turn blocks into passes without an error.
-pub const ABI: u32 = 3;
+pub const ABI: u32 = 4;
 
 /// Map names, shared so the loader and the program cannot disagree.
 pub mod maps {
@@ -411,6 +487,8 @@ pub mod maps {
     pub const STATS: &str = "EB_STATS";
     pub const CONFIG: &str = "EB_CONFIG";
     pub const V4_DIRECT: &str = "EB_V4_DIRECT";
+    /// Per table (copy * 2 + direction), the results inline IPv4 chunks name by index.
+    pub const V4_PALETTE: &str = "EB_V4_PALETTE";
     pub const V4_RANGES_DST: &str = "EB_V4_RNG_DST";
     pub const V4_RANGES_SRC: &str = "EB_V4_RNG_SRC";
     pub const V6_DIRECT: &str = "EB_V6_DIRECT";
@@ -536,6 +614,7 @@ mod pod {
     unsafe impl aya::Pod for super::NoticeTarget {}
     unsafe impl aya::Pod for super::TokenBucket {}
     unsafe impl aya::Pod for super::Range6 {}
+    unsafe impl aya::Pod for super::Chunk {}
     unsafe impl aya::Pod for super::Sample {}
     unsafe impl aya::Pod for super::SampleControl {}
     unsafe impl aya::Pod for super::SampleScratch {}

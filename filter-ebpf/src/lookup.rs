@@ -1,20 +1,26 @@
 //! Address lookup: the only module that knows how prefixes are stored for the data path.
 //!
 //! DXR-style range tables for both families (see `filter_common::dxr`): a direct table
-//! indexed by the top 20 address bits gives either the chunk's one result
-//! or the slice of its ranges, a bounded binary search finds the range, and the range names
-//! the rule. An IPv4 chunk spans 4096 addresses, so its slice is a few ranges in one or two
-//! cache lines: a lookup costs the direct entry and those lines however many prefixes there
-//! are, which keeps spread traffic over a million prefixes fast.
+//! indexed by the top 20 address bits gives the chunk's one result, or (IPv4) its few ranges
+//! inline, or the slice of its ranges, where a bounded binary search finds the range; the
+//! range names the rule. An IPv4 chunk spans 4096 addresses and its 16-byte entry
+//! (`filter_common::Chunk`) holds up to seven ranges, so with a million prefixes almost every
+//! lookup reads one cache line of the direct table and the table's small palette, which stays
+//! cached: that keeps spread traffic over a million prefixes at one cache miss a packet.
 
 use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
-use filter_common::{MAX_RULES, Range6, RuleEntry, active, direction, dxr};
+use filter_common::{Chunk, MAX_RULES, Range6, RuleEntry, active, direction, dxr};
 
-/// Direct tables, one entry per chunk (`dxr::leaf` or `dxr::slice`, the slice's first index
-/// absolute in the range map of the table's direction, the copy's offset included).
+/// IPv4 direct tables, one `Chunk` per chunk (a slice's first index absolute in the range map
+/// of the table's direction, the copy's offset included).
 #[map(name = "EB_V4_DIRECT")]
-static EB_V4_DIRECT: Array<u64> =
+static EB_V4_DIRECT: Array<Chunk> =
     Array::with_max_entries(dxr::TABLES * dxr::V4_CHUNKS, BPF_F_MMAPABLE);
+/// Per IPv4 table, the results its inline chunks name by palette index (u64: an mmapable
+/// array's elements are 8 bytes apart).
+#[map(name = "EB_V4_PALETTE")]
+static EB_V4_PALETTE: Array<u64> =
+    Array::with_max_entries(dxr::TABLES * dxr::PALETTE, BPF_F_MMAPABLE);
 /// Both copies of the destination ranges (the loader may size it: EDGEBLOCK_V4_DST_RANGES).
 #[map(name = "EB_V4_RNG_DST")]
 static EB_V4_RNG_DST: Array<u64> =
@@ -40,39 +46,22 @@ static EB_RESULTS: Array<RuleEntry> = Array::with_max_entries(2 * MAX_RULES, 0);
 #[map(name = "EB_ACTIVE")]
 static EB_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
-/// One table's result (`dxr::SHADOW_SHIFT`) for an address in `chunk`: the leaf's, the inline
-/// entry's, or that of the range `search` finds in the chunk's slice; 0 when nothing matches.
+/// The result of the range `search` finds in the slice of `count` ranges from `first`, 0
+/// when the slice is empty (every chunk holds at least one range: an empty slice is a table
+/// not yet written).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn find<R>(
-    direct: &'static Array<u64>,
-    chunks: u32,
+fn in_slice<R>(
     ranges: &'static Array<R>,
+    (first, count): (u32, u32),
     steps: u32,
-    (copy, dir, chunk): (u32, u8, u32),
-    inline_offset: Option<u32>,
     at_or_before: impl Fn(&R) -> bool,
     value: impl Fn(&R) -> u32,
 ) -> u32 {
-    let Some(&d) = direct.get((copy * 2 + u32::from(dir)) * chunks + chunk) else {
-        return 0;
-    };
-    if d & dxr::LEAF != 0 {
-        return d as u32;
-    }
-    // Tables whose chunks can be inline (IPv4) pass the address's offset in its chunk.
-    if let Some(offset) = inline_offset
-        && d & dxr::INLINE != 0
-    {
-        return dxr::inline_result(d, offset);
-    }
-    let lo = d as u32;
-    let hi = lo.wrapping_add((d >> 32) as u32);
-    if hi <= lo {
-        // Every chunk holds at least one range: an empty slice is a table not yet written.
+    let end = first.wrapping_add(count);
+    if end <= first {
         return 0;
     }
-    search(ranges, (lo, hi), steps, at_or_before).map_or(0, value)
+    search(ranges, (first, end), steps, at_or_before).map_or(0, value)
 }
 
 /// The last range of the slice `[lo, hi)` that starts at or before the address, which
@@ -102,28 +91,43 @@ fn search<R>(
 /// table; 0 when nothing matches.
 #[inline(always)]
 fn v4(copy: u32, dir: u8, ranges: &'static Array<u64>, a: u32) -> u32 {
-    find(
-        &EB_V4_DIRECT,
-        dxr::V4_CHUNKS,
-        ranges,
-        dxr::SEARCH_STEPS,
-        (copy, dir, a >> (32 - dxr::V4_DIRECT_BITS)),
-        Some(a & ((1 << (32 - dxr::V4_DIRECT_BITS)) - 1)),
-        |r| (*r >> 32) as u32 <= a,
-        |r| *r as u32,
-    )
+    let table = copy * 2 + u32::from(dir);
+    let Some(c) = EB_V4_DIRECT.get(table * dxr::V4_CHUNKS + (a >> dxr::BOUND_BITS)) else {
+        return 0;
+    };
+    match c.kind() {
+        Chunk::LEAF => c.hi as u32,
+        Chunk::INLINE => {
+            let slot = c.slot(a & ((1 << dxr::BOUND_BITS) - 1));
+            EB_V4_PALETTE
+                .get(table * dxr::PALETTE + slot)
+                .map_or(0, |&r| r as u32)
+        }
+        _ => in_slice(
+            ranges,
+            (c.hi as u32, (c.lo >> 32) as u32),
+            dxr::SEARCH_STEPS,
+            |r| (*r >> 32) as u32 <= a,
+            |r| *r as u32,
+        ),
+    }
 }
 
-/// The IPv6 counterpart of `v4`: 128-bit starts compared as two 64-bit halves.
+/// The IPv6 counterpart of `v4`: no inline chunks, 128-bit starts compared as two 64-bit
+/// halves.
 #[inline(always)]
 fn v6(copy: u32, dir: u8, ranges: &'static Array<Range6>, &[hi, lo]: &[u64; 2]) -> u32 {
-    find(
-        &EB_V6_DIRECT,
-        dxr::V6_CHUNKS,
+    let chunk = (hi >> (64 - dxr::V6_DIRECT_BITS)) as u32;
+    let Some(&d) = EB_V6_DIRECT.get((copy * 2 + u32::from(dir)) * dxr::V6_CHUNKS + chunk) else {
+        return 0;
+    };
+    if d & dxr::LEAF != 0 {
+        return d as u32;
+    }
+    in_slice(
         ranges,
+        (d as u32, (d >> 32) as u32),
         dxr::V6_SEARCH_STEPS,
-        (copy, dir, (hi >> (64 - dxr::V6_DIRECT_BITS)) as u32),
-        None,
         |r| r.start_hi < hi || (r.start_hi == hi && r.start_lo <= lo),
         |r| r.value as u32,
     )

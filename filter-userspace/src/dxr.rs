@@ -11,12 +11,14 @@
 //! `direct[c]` is the index of chunk `c`'s first range, `direct[chunks]` the number of ranges.
 //!
 //! [`Packed`] is the form the maps hold: a chunk with one result becomes a leaf of the direct
-//! table and stores no range, so only chunks where prefixes begin or end cost ranges, at most
-//! three per prefix.
+//! table, an IPv4 chunk of a few ranges sits inline in its entry (`filter_common::Chunk`), and
+//! only the other chunks store ranges, at most three per prefix.
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use filter_common::{Range6, dxr};
+use std::collections::HashMap;
+
+use filter_common::{Chunk, Range6, dxr};
 
 /// A range table of either family, before encoding for its map.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -180,45 +182,56 @@ impl Dxr {
         self.results[lo]
     }
 
-    /// The inline direct entry (`dxr::inline`) of the chunk whose ranges are `lo..hi`, when it
-    /// can have one: chunks of at most `dxr::INLINE_SPAN` addresses, one result around one
-    /// interval, no shadow reference.
-    fn inline(&self, lo: usize, hi: usize, span: u128) -> Option<u64> {
-        if span > u128::from(dxr::INLINE_SPAN) {
-            return None;
+    /// The results inline chunks may name (`EB_V4_PALETTE`): the `dxr::PALETTE` most frequent
+    /// among the chunks that are small enough, most frequent first, ties to the lower result.
+    /// Empty when chunks span too many addresses to be inline (IPv6).
+    fn palette(&self) -> Palette {
+        if self.chunk_bits() > dxr::BOUND_BITS {
+            return Palette::new(Vec::new());
         }
-        let r = &self.results[lo..hi];
-        let narrow = |v: u32| v <= 0xffff;
-        let chunk = self.starts[lo];
-        let offset = |i: usize| (self.starts[i] - chunk) as u32;
-        match r {
-            // [outer][inner...end of chunk)
-            [outer, inner] if narrow(*outer) && narrow(*inner) => {
-                Some(dxr::inline(offset(lo + 1), span as u32, *inner, *outer))
+        let mut counts = ByResult::new(0u32);
+        for w in self.direct.windows(2) {
+            let (lo, hi) = (w[0] as usize, w[1] as usize);
+            if (2..=dxr::INLINE_BOUNDS + 1).contains(&(hi - lo)) {
+                for &r in &self.results[lo..hi] {
+                    *counts.get_mut(r) += 1;
+                }
             }
-            // [outer][inner][outer]
-            [outer, inner, after] if outer == after && narrow(*outer) && narrow(*inner) => {
-                Some(dxr::inline(offset(lo + 1), offset(lo + 2), *inner, *outer))
-            }
-            _ => None,
         }
+        let mut ranked = counts.into_vec();
+        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.truncate(dxr::PALETTE as usize);
+        Palette::new(ranked.into_iter().map(|(r, _)| r).collect())
     }
 
-    /// The form the maps hold: one-result chunks as leaves, chunks with one interval inline,
-    /// the other chunks' ranges.
+    /// The form the maps hold: one-result chunks as leaves, chunks of up to
+    /// `dxr::INLINE_BOUNDS + 1` ranges whose results are all in the palette inline, the other
+    /// chunks as slices of the ranges stored.
     pub fn pack(&self) -> Packed {
+        let palette = self.palette();
         let mut direct = Vec::with_capacity(self.chunks());
         let (mut starts, mut results) = (Vec::new(), Vec::new());
         let mut longest = 0;
-        let span = 1u128 << self.chunk_bits();
-        for c in 0..self.chunks() {
-            let (lo, hi) = (self.direct[c] as usize, self.direct[c + 1] as usize);
+        let mut slots = Vec::with_capacity(dxr::INLINE_BOUNDS + 1);
+        for w in self.direct.windows(2) {
+            let (lo, hi) = (w[0] as usize, w[1] as usize);
             if hi - lo == 1 {
-                direct.push(dxr::leaf(self.results[lo]));
-            } else if let Some(entry) = self.inline(lo, hi, span) {
-                direct.push(entry);
+                direct.push(Chunk::leaf(self.results[lo]));
+                continue;
+            }
+            slots.clear();
+            if hi - lo <= dxr::INLINE_BOUNDS + 1 && !palette.is_empty() {
+                slots.extend(self.results[lo..hi].iter().map_while(|&r| palette.slot(r)));
+            }
+            if slots.len() == hi - lo {
+                let first = self.starts[lo];
+                let mut bounds = [0u16; dxr::INLINE_BOUNDS];
+                for (b, &s) in bounds.iter_mut().zip(&self.starts[lo + 1..hi]) {
+                    *b = (s - first) as u16;
+                }
+                direct.push(Chunk::inline(&bounds[..hi - lo - 1], &slots));
             } else {
-                direct.push(dxr::slice(starts.len() as u32, (hi - lo) as u32));
+                direct.push(Chunk::slice(starts.len() as u64, (hi - lo) as u32));
                 starts.extend_from_slice(&self.starts[lo..hi]);
                 results.extend_from_slice(&self.results[lo..hi]);
                 longest = longest.max(hi - lo);
@@ -227,6 +240,7 @@ impl Dxr {
         Packed {
             chunk_bits: self.chunk_bits(),
             direct,
+            palette: palette.results,
             starts,
             results,
             longest,
@@ -234,13 +248,86 @@ impl Dxr {
     }
 }
 
-/// A table as its maps hold it: the direct entries (`dxr::leaf`, `dxr::inline`, or
-/// `dxr::slice` with the first index relative to the copy's start) and the ranges of the
-/// chunks that need them.
+/// A value per result: in an array for enforced references alone (below 2^16, nearly every
+/// result), in a hash for the others. Hashing a million prefixes' results would take much of
+/// the time a 1% change may.
+struct ByResult<V> {
+    narrow: Vec<V>,
+    wide: HashMap<u32, V>,
+    /// The value of a result never set.
+    unset: V,
+}
+
+impl<V: Copy + PartialEq> ByResult<V> {
+    const NARROW: usize = 1 << 16;
+
+    fn new(unset: V) -> Self {
+        Self {
+            narrow: vec![unset; Self::NARROW],
+            wide: HashMap::new(),
+            unset,
+        }
+    }
+
+    fn get(&self, r: u32) -> V {
+        match self.narrow.get(r as usize) {
+            Some(&v) => v,
+            None => self.wide.get(&r).copied().unwrap_or(self.unset),
+        }
+    }
+
+    fn get_mut(&mut self, r: u32) -> &mut V {
+        match self.narrow.get_mut(r as usize) {
+            Some(v) => v,
+            None => self.wide.entry(r).or_insert(self.unset),
+        }
+    }
+
+    /// Every result set, with its value.
+    fn into_vec(self) -> Vec<(u32, V)> {
+        let unset = self.unset;
+        let narrow = self.narrow.into_iter().enumerate();
+        narrow
+            .map(|(r, v)| (r as u32, v))
+            .chain(self.wide)
+            .filter(|&(_, v)| v != unset)
+            .collect()
+    }
+}
+
+/// A table's palette and the index of each result in it.
+struct Palette {
+    results: Vec<u32>,
+    index: ByResult<u8>,
+}
+
+impl Palette {
+    fn new(results: Vec<u32>) -> Self {
+        let mut index = ByResult::new(u8::MAX);
+        for (i, &r) in results.iter().enumerate() {
+            *index.get_mut(r) = i as u8;
+        }
+        Self { results, index }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.results.is_empty()
+    }
+
+    fn slot(&self, r: u32) -> Option<u8> {
+        Some(self.index.get(r)).filter(|&i| i != u8::MAX)
+    }
+}
+
+/// A table as its maps hold it: the direct entries (`Chunk`s; a slice's first index relative
+/// to the copy's start; IPv6 tables hold leaves and slices only), the palette inline chunks
+/// name their results in, and the ranges of the chunks that are slices.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packed {
     chunk_bits: u32,
-    pub direct: Vec<u64>,
+    pub direct: Vec<Chunk>,
+    /// At most `dxr::PALETTE` results.
+    pub palette: Vec<u32>,
     pub starts: Vec<u128>,
     pub results: Vec<u32>,
     /// The most ranges of any chunk: the search must reach the end of it.
@@ -257,19 +344,27 @@ impl Packed {
         self.starts.is_empty()
     }
 
-    /// The result for `addr`, exactly as the XDP program finds it: a leaf, or at most `steps`
-    /// halvings of the chunk's slice.
+    /// The result for `addr`, exactly as the XDP program finds it: a leaf, an inline chunk's
+    /// palette entry, or at most `steps` halvings of the chunk's slice.
     pub fn lookup(&self, addr: u128, steps: u32) -> u32 {
-        let d = self.direct[(addr >> self.chunk_bits) as usize];
-        if d & dxr::LEAF != 0 {
-            return d as u32;
+        let c = self.direct[(addr >> self.chunk_bits) as usize];
+        match c.kind() {
+            Chunk::LEAF => return c.hi as u32,
+            Chunk::INLINE => {
+                let offset = (addr & ((1u128 << self.chunk_bits) - 1)) as u32;
+                return self
+                    .palette
+                    .get(c.slot(offset) as usize)
+                    .copied()
+                    .unwrap_or(0);
+            }
+            _ => {}
         }
-        if d & dxr::INLINE != 0 {
-            let offset = (addr & ((1u128 << self.chunk_bits) - 1)) as u32;
-            return dxr::inline_result(d, offset);
+        let mut lo = c.hi as usize;
+        let mut hi = lo + (c.lo >> 32) as usize;
+        if hi <= lo {
+            return 0;
         }
-        let mut lo = d as u32 as usize;
-        let mut hi = lo + (d >> 32) as usize;
         for _ in 0..steps {
             if hi - lo <= 1 {
                 break;
@@ -411,21 +506,25 @@ mod tests {
     }
 
     #[test]
-    fn a_prefix_alone_in_its_chunk_packs_inline_without_ranges() {
+    fn chunks_of_up_to_seven_ranges_pack_inline_without_ranges() {
         let shadow = |r: u32| r << dxr::SHADOW_SHIFT;
         let prefixes: BTreeMap<Ipv4Net, u32> = [
-            // Alone in chunk 10.0.0.0/20: outer 0 around it.
+            // Alone in chunk 10.0.0.0/20: three ranges.
             (net("10.0.1.0/24"), 7),
-            // At a chunk's end: two ranges, the interval runs to the end.
+            // At a chunk's end: two ranges.
             (net("10.0.31.0/24"), 8),
-            // Inside a wider prefix: outer is the wider one's.
+            // Inside a wider prefix: the wider one's result around it.
             (net("172.16.0.0/12"), 2),
             (net("172.16.4.4/32"), 9),
-            // Two intervals in one chunk: a slice.
+            // Three intervals in one chunk, one of them a shadow rule's: seven ranges.
             (net("192.0.2.0/28"), 3),
             (net("192.0.2.64/28"), 4),
-            // A shadow rule cannot be inline.
-            (net("198.51.100.0/24"), shadow(5)),
+            (net("192.0.2.128/32"), shadow(5)),
+            // Four intervals: nine ranges, a slice.
+            (net("198.51.100.0/30"), 3),
+            (net("198.51.100.8/30"), 3),
+            (net("198.51.100.16/30"), 3),
+            (net("198.51.100.24/30"), 3),
         ]
         .into_iter()
         .collect();
@@ -434,20 +533,69 @@ mod tests {
             let a = u32::from(a.parse::<Ipv4Addr>().expect("addr"));
             packed.direct[(a >> V4_CHUNK_BITS) as usize]
         };
-        let kind = |d: u64| match d {
-            d if d & dxr::LEAF != 0 => "leaf",
-            d if d & dxr::INLINE != 0 => "inline",
+        let kind = |a: &str| match entry(a).kind() {
+            Chunk::LEAF => "leaf",
+            Chunk::INLINE => "inline",
             _ => "slice",
         };
-        assert_eq!(entry("10.0.1.1"), dxr::inline(0x100, 0x200, 7, 0));
-        assert_eq!(entry("10.0.31.1"), dxr::inline(0xf00, 0x1000, 8, 0));
-        assert_eq!(entry("172.16.4.4"), dxr::inline(0x404, 0x405, 9, 2));
-        assert_eq!(kind(entry("192.0.2.1")), "slice");
-        assert_eq!(kind(entry("198.51.100.1")), "slice");
-        assert_eq!(kind(entry("172.17.0.1")), "leaf");
-        // Only the two slices store ranges: five (two intervals) and three.
-        assert_eq!(packed.len(), 8);
+        for a in ["10.0.1.1", "10.0.31.1", "172.16.4.4", "192.0.2.1"] {
+            assert_eq!(kind(a), "inline", "{a}");
+        }
+        assert_eq!(kind("198.51.100.1"), "slice");
+        assert_eq!(kind("172.17.0.1"), "leaf");
+        // The palette holds each result inline chunks name, the most frequent first.
+        assert_eq!(packed.palette[0], 0);
+        let mut named = packed.palette.clone();
+        named.sort_unstable();
+        assert_eq!(named, [0, 2, 3, 4, 7, 8, 9, shadow(5)]);
+        // Only the slice stores ranges.
+        assert_eq!(packed.len(), 9);
         check(&prefixes, &mut 7);
+    }
+
+    #[test]
+    fn results_beyond_the_palette_make_slices() {
+        // One prefix per chunk, each with its own result: the palette takes the most frequent
+        // (ties to the lower result), and chunks naming the others keep their ranges.
+        let n = dxr::PALETTE + 10;
+        let prefixes: BTreeMap<Ipv4Net, u32> = (0..n)
+            .map(|i| {
+                let a = Ipv4Addr::from((i + 1) << V4_CHUNK_BITS | 0x100);
+                (Ipv4Net::new(a, 24).expect("len"), i + 1)
+            })
+            .collect();
+        let packed = Dxr::build(prefixes.iter().map(|(p, r)| (*p, *r))).pack();
+        assert_eq!(packed.palette.len(), dxr::PALETTE as usize);
+        let inline = packed
+            .direct
+            .iter()
+            .filter(|c| c.kind() == Chunk::INLINE)
+            .count();
+        // 0 takes a slot: 63 results fit beside it.
+        assert_eq!(inline, dxr::PALETTE as usize - 1);
+        assert_eq!(packed.len(), 3 * (n as usize - inline));
+        check(&prefixes, &mut 11);
+    }
+
+    #[test]
+    fn inline_entries_give_each_offset_its_range() {
+        // Every number of boundaries, at the edges of the offsets they can take.
+        for k in 0..=dxr::INLINE_BOUNDS {
+            let bounds: Vec<u16> = (0..k as u16)
+                .map(|i| 1 + i * 800 + (i == 5) as u16 * 94)
+                .collect();
+            let slots: Vec<u8> = (0..=k as u8).map(|i| 63 - i).collect();
+            let c = Chunk::inline(&bounds, &slots);
+            assert_eq!(c.kind(), Chunk::INLINE);
+            for offset in 0..(1 << dxr::BOUND_BITS) {
+                let range = bounds.iter().filter(|&&b| u32::from(b) <= offset).count();
+                assert_eq!(
+                    c.slot(offset),
+                    u32::from(slots[range]),
+                    "k {k} offset {offset}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -457,7 +605,7 @@ mod tests {
         assert_eq!(t.lookup(0x0102_0304), 0);
         let p = t.pack();
         assert!(p.is_empty());
-        assert!(p.direct.iter().all(|&d| d == dxr::leaf(0)));
+        assert!(p.direct.iter().all(|&d| d == Chunk::leaf(0)));
         let t6 = Dxr::build_v6([]);
         assert_eq!(t6.len(), dxr::V6_CHUNKS as usize);
         assert_eq!(t6.lookup(u128::MAX), 0);

@@ -42,8 +42,9 @@ pub const SAMPLER_NAME: &str = "edgeblock_sample";
 
 /// Maps the program declares (the loader pins them). `EB_RULES` and the prefix records are
 /// created by userspace: the program never reads them.
-const PROGRAM_MAPS: [&str; 14] = [
+const PROGRAM_MAPS: [&str; 15] = [
     names::V4_DIRECT,
+    names::V4_PALETTE,
     names::V4_RANGES_DST,
     names::V4_RANGES_SRC,
     names::V6_DIRECT,

@@ -16,8 +16,8 @@ use aya::{
     maps::{Array, DevMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, xdp::XdpMapError},
 };
 use filter_common::{
-    Config, Counter, MAX_NOTICE_TARGETS, MAX_RULES, NoticeTarget, RULE_NAME_LEN, Range6, RuleEntry,
-    RuleMeta, maps as names, stat,
+    Chunk, Config, Counter, MAX_NOTICE_TARGETS, MAX_RULES, NoticeTarget, RULE_NAME_LEN, Range6,
+    RuleEntry, RuleMeta, maps as names, stat,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use thiserror::Error;
@@ -151,6 +151,8 @@ impl<T: Pod> Drop for MmapArray<T> {
 /// An address family's range table and record encodings.
 pub trait Family {
     type Net: Copy + Ord + std::fmt::Display;
+    /// A direct-table entry as the program's map holds it.
+    type Direct: Pod;
     /// A range as the program's map holds it.
     type Range: Pod;
     /// A record entry (`network`, `len`, `rule id`) as userspace stores it.
@@ -158,6 +160,8 @@ pub trait Family {
     const RANGES_DST: &'static str;
     const RANGES_SRC: &'static str;
     const DIRECT: &'static str;
+    /// The palette map of the inline chunks, for a family that has them.
+    const PALETTE: Option<&'static str>;
     const RECORD_DST: &'static str;
     const RECORD_SRC: &'static str;
     /// Entries of one direct table.
@@ -165,6 +169,9 @@ pub trait Family {
     /// Halvings the program's search makes: no chunk may hold more than 2^this ranges.
     const SEARCH_STEPS: u32;
     fn encode(table: &crate::dxr::Packed) -> Vec<Self::Range>;
+    /// A direct entry as the map holds it, a slice's first index moved by `base` (the copy's
+    /// start in the range map).
+    fn direct(chunk: &Chunk, base: u64) -> Self::Direct;
     fn record(net: &Self::Net, rule_id: u32) -> Self::Record;
     fn unrecord(r: &Self::Record) -> Option<(Self::Net, u32)>;
     fn contains(net: &Self::Net, addr: std::net::IpAddr) -> bool;
@@ -176,17 +183,29 @@ pub struct V6;
 
 impl Family for V4 {
     type Net = Ipv4Net;
+    type Direct = Chunk;
     type Range = u64;
     type Record = u64;
     const RANGES_DST: &'static str = names::V4_RANGES_DST;
     const RANGES_SRC: &'static str = names::V4_RANGES_SRC;
     const DIRECT: &'static str = names::V4_DIRECT;
+    const PALETTE: Option<&'static str> = Some(names::V4_PALETTE);
     const RECORD_DST: &'static str = names::V4_RECORD_DST;
     const RECORD_SRC: &'static str = names::V4_RECORD_SRC;
     const CHUNKS: usize = filter_common::dxr::V4_CHUNKS as usize;
     const SEARCH_STEPS: u32 = filter_common::dxr::SEARCH_STEPS;
     fn encode(table: &crate::dxr::Packed) -> Vec<u64> {
         table.encode_v4()
+    }
+    fn direct(chunk: &Chunk, base: u64) -> Chunk {
+        if chunk.kind() == Chunk::SLICE {
+            Chunk {
+                hi: chunk.hi + base,
+                ..*chunk
+            }
+        } else {
+            *chunk
+        }
     }
     fn record(net: &Ipv4Net, rule_id: u32) -> u64 {
         filter_common::dxr::record(u32::from(net.network()), net.prefix_len(), rule_id)
@@ -205,17 +224,27 @@ impl Family for V4 {
 
 impl Family for V6 {
     type Net = Ipv6Net;
+    type Direct = u64;
     type Range = Range6;
     type Record = Range6;
     const RANGES_DST: &'static str = names::V6_RANGES_DST;
     const RANGES_SRC: &'static str = names::V6_RANGES_SRC;
     const DIRECT: &'static str = names::V6_DIRECT;
+    const PALETTE: Option<&'static str> = None;
     const RECORD_DST: &'static str = names::V6_RECORD_DST;
     const RECORD_SRC: &'static str = names::V6_RECORD_SRC;
     const CHUNKS: usize = filter_common::dxr::V6_CHUNKS as usize;
     const SEARCH_STEPS: u32 = filter_common::dxr::V6_SEARCH_STEPS;
     fn encode(table: &crate::dxr::Packed) -> Vec<Range6> {
         table.encode_v6()
+    }
+    /// IPv6 chunks span too many addresses to be inline: a leaf or a slice.
+    fn direct(chunk: &Chunk, base: u64) -> u64 {
+        if chunk.kind() == Chunk::LEAF {
+            filter_common::dxr::leaf(chunk.hi as u32)
+        } else {
+            filter_common::dxr::slice((chunk.hi + base) as u32, (chunk.lo >> 32) as u32)
+        }
     }
     fn record(net: &Ipv6Net, rule_id: u32) -> Range6 {
         let a = u128::from(net.network());
@@ -240,7 +269,9 @@ impl Family for V6 {
 
 /// One family's range tables, both directions and both copies, with their records.
 pub struct Ranges<F: Family> {
-    pub direct: MmapArray<u64>,
+    pub direct: MmapArray<F::Direct>,
+    /// u64 values: an mmapable array's elements are 8 bytes apart.
+    pub palette: Option<MmapArray<u64>>,
     pub dst: MmapArray<F::Range>,
     pub src: MmapArray<F::Range>,
     pub record_dst: MmapArray<F::Record>,
@@ -251,6 +282,9 @@ impl<F: Family> Ranges<F> {
     fn open(pins: &Pins) -> Result<Self, MapsError> {
         Ok(Self {
             direct: MmapArray::open(pins, F::DIRECT)?,
+            palette: F::PALETTE
+                .map(|name| MmapArray::open(pins, name))
+                .transpose()?,
             dst: MmapArray::open(pins, F::RANGES_DST)?,
             src: MmapArray::open(pins, F::RANGES_SRC)?,
             record_dst: MmapArray::open(pins, F::RECORD_DST)?,
@@ -299,7 +333,8 @@ impl<F: Family> Ranges<F> {
     }
 
     /// Write one direction of the copy the program does not use: the record first (its count
-    /// last), then the ranges, then the direct table pointing at them.
+    /// last), then, unless it is empty, the ranges and the palette, then the direct table
+    /// pointing at them.
     pub fn write(
         &mut self,
         copy: u32,
@@ -316,32 +351,46 @@ impl<F: Family> Ranges<F> {
         all[base] = with_count::<F>(0);
         all[base + 1..base + 1 + record.len()].copy_from_slice(record);
         all[base] = with_count::<F>(record.len());
+        if record.is_empty() {
+            // `apply` leaves a table without prefixes out of `EB_ACTIVE`, and the program then
+            // never reads it: writing its 16 MiB of leaves would only slow every apply down.
+            return;
+        }
         let cap = self.capacity(direction);
         let base = copy as usize * cap;
         let encoded = F::encode(table);
         self.ranges(direction).as_mut_slice()[base..base + encoded.len()].copy_from_slice(&encoded);
-        let at = (copy * 2 + u32::from(direction)) as usize * F::CHUNKS;
-        for (slot, entry) in self.direct.as_mut_slice()[at..at + F::CHUNKS]
+        let table_index = (copy * 2 + u32::from(direction)) as usize;
+        if let Some(palette) = &mut self.palette {
+            let width = filter_common::dxr::PALETTE as usize;
+            let slots = &mut palette.as_mut_slice()[table_index * width..][..width];
+            slots.fill(0);
+            for (slot, &result) in slots.iter_mut().zip(&table.palette) {
+                *slot = u64::from(result);
+            }
+        }
+        let at = table_index * F::CHUNKS;
+        for (slot, chunk) in self.direct.as_mut_slice()[at..at + F::CHUNKS]
             .iter_mut()
             .zip(&table.direct)
         {
             // A slice's first index is relative to the copy: the program indexes the whole map.
-            *slot = if entry & (filter_common::dxr::LEAF | filter_common::dxr::INLINE) != 0 {
-                *entry
-            } else {
-                entry + base as u64
-            };
+            *slot = F::direct(chunk, base as u64);
         }
     }
 
     fn memory(&self) -> Result<Vec<(&'static str, u64)>, MapsError> {
-        Ok(vec![
+        let mut all = vec![
             (self.direct.name, self.direct.memlock()?),
             (self.dst.name, self.dst.memlock()?),
             (self.src.name, self.src.memlock()?),
             (self.record_dst.name, self.record_dst.memlock()?),
             (self.record_src.name, self.record_src.memlock()?),
-        ])
+        ];
+        if let Some(palette) = &self.palette {
+            all.push((palette.name, palette.memlock()?));
+        }
+        Ok(all)
     }
 }
 

@@ -25,7 +25,7 @@ use edgeblock::{
     policy::{self, Direction},
 };
 use edgeblock_fuzz::{POLICY_PATH, check_policy, now, split};
-use filter_common::dxr;
+use filter_common::{Chunk, dxr};
 use ipnet::Ipv4Net;
 use libfuzzer_sys::fuzz_target;
 
@@ -228,13 +228,18 @@ fn check_shape(t: &Packed, prefixes: usize, steps: u32) {
         "a chunk of {} ranges is more than the search reaches",
         t.longest
     );
-    for &d in &t.direct {
-        if d & (dxr::LEAF | dxr::INLINE) == 0 {
-            let (first, count) = ((d as u32) as usize, (d >> 32) as usize);
-            assert!(count >= 2, "a one-range chunk is a leaf");
-            assert!(first + count <= t.len(), "slice out of the table");
+    for c in &t.direct {
+        match c.kind() {
+            Chunk::SLICE => {
+                let (first, count) = (c.hi as usize, (c.lo >> 32) as usize);
+                assert!(count >= 2, "a one-range chunk is a leaf");
+                assert!(first + count <= t.len(), "slice out of the table");
+            }
+            Chunk::INLINE => assert!(!t.palette.is_empty(), "an inline chunk without a palette"),
+            _ => {}
         }
     }
+    assert!(t.palette.len() <= dxr::PALETTE as usize, "palette too long");
 }
 
 /// The chunk of a probed address, unpacked: it starts at the chunk's first address, its

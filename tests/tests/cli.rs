@@ -353,9 +353,9 @@ fn a_link_whose_interface_vanished_is_reported_and_replaced_on_attach() {
 fn a_policy_larger_than_the_tables_is_refused_and_changes_nothing() {
     let env = Env::new();
     let good = env.file("good.toml", GOOD);
-    // Tables sized at first load: room for 70,000 IPv4 ranges per copy. Two /32s in one chunk
-    // take five (one alone would be inline and take none), so 30,000 of them in pairs
-    // (which the record, half as large, would hold) need 75,000.
+    // Tables sized at first load: room for 70,000 IPv4 ranges per copy. Four /32s in one
+    // chunk take nine (up to three would be inline and take none), so 34,800 of them in fours
+    // (which the record, half as large, would hold) need 78,300.
     let run = |args: &[&str]| {
         env.cmd()
             .env("EDGEBLOCK_V4_DST_RANGES", "70000")
@@ -366,10 +366,10 @@ fn a_policy_larger_than_the_tables_is_refused_and_changes_nothing() {
     let out = run(&["apply", path(&good)]);
     assert!(out.status.success(), "{}", text(&out));
     let before = env.snapshot();
-    let list: String = (0..15_000u32)
+    let list: String = (0..8_700u32)
         .map(|i| {
             let (a, b) = (1 + i / 250, i % 250);
-            format!("{a}.{b}.7.1/32\n{a}.{b}.7.9/32\n")
+            format!("{a}.{b}.7.1/32\n{a}.{b}.7.9/32\n{a}.{b}.7.17/32\n{a}.{b}.7.25/32\n")
         })
         .collect();
     env.file("big.netset", &list);
