@@ -20,6 +20,9 @@ mod bench_kernel;
 #[path = "bench_live.rs"]
 mod bench_live;
 #[cfg(feature = "bench")]
+#[path = "bench_memory.rs"]
+mod bench_memory;
+#[cfg(feature = "bench")]
 #[path = "bench_prefixes.rs"]
 mod bench_prefixes;
 #[cfg(feature = "bench")]
@@ -57,6 +60,8 @@ pub enum Part {
     Live,
     /// Time from `publish` to applied on three hosts through NATS JetStream.
     Fleet,
+    /// This machine's latency of random reads by buffer size: what a cache miss costs.
+    Memory,
 }
 
 impl Args {
@@ -481,9 +486,38 @@ mod imp {
                 cli_error,
                 memory,
                 memory_empty,
+                lookup_kinds: Some(lookup_kinds(&changes.policy(0), plan.live.seed)),
             },
             filter,
         ))
+    }
+
+    /// The share of leaf, inline and slice chunks that one lookup per prefix of `list` meets,
+    /// from the table `apply` would build (one rule).
+    fn lookup_kinds(list: &[V4], seed: u64) -> [f64; 3] {
+        use edgeblock::dxr::Dxr;
+        use filter_common::{Chunk, dxr};
+
+        let mut sorted: Vec<V4> = list.to_vec();
+        sorted.sort_unstable();
+        let reference = dxr::reference(0, filter_common::action::DROP, false);
+        let table = Dxr::build(sorted.iter().map(|p| {
+            let net = ipnet::Ipv4Net::new(Ipv4Addr::from(p.addr), p.len).expect("length <= 32");
+            (net, reference)
+        }))
+        .pack();
+        let mut rng = Rng::new(seed);
+        let mut kinds = [0usize; 3];
+        for p in list {
+            let a = u32::from(p.host(&mut rng));
+            let kind = table.direct[(a >> dxr::BOUND_BITS) as usize].kind();
+            kinds[match kind {
+                Chunk::LEAF => 0,
+                Chunk::INLINE => 1,
+                _ => 2,
+            }] += 1;
+        }
+        kinds.map(|k| k as f64 / list.len().max(1) as f64)
     }
 
     /// Keep re-applying 1% changes while another thread probes the program with frames whose
@@ -719,6 +753,9 @@ mod imp {
                 rounds_ms: rounds.iter().map(|d| d.as_secs_f64() * 1e3).collect(),
             })
         });
+        let memory_latency = section(args, super::Part::Memory, "memory latency", || {
+            super::bench_memory::latency(if args.quick { 200_000 } else { 2_000_000 })
+        });
         drop(floor_obj);
         drop(bpffs);
 
@@ -735,6 +772,7 @@ mod imp {
             control,
             correctness,
             fleet,
+            memory_latency,
         };
         std::fs::create_dir_all(&out_dir)
             .with_context(|| format!("creating {}", out_dir.display()))?;

@@ -174,6 +174,9 @@ pub struct Control {
     pub memory: Option<Memory>,
     /// Memory with no policy loaded, to separate fixed from per-prefix cost.
     pub memory_empty: Option<Memory>,
+    /// What one lookup per prefix (an address in each, as the spread shape sends) reads of the
+    /// IPv4 table: the share of chunks that are leaves, inline, and slices of ranges.
+    pub lookup_kinds: Option<[f64; 3]>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -220,6 +223,8 @@ pub struct Report {
     pub control: Result<Control, String>,
     pub correctness: Result<Correctness, String>,
     pub fleet: Result<Fleet, String>,
+    /// Nanoseconds per dependent random read, by buffer size in KiB (`bench_memory`).
+    pub memory_latency: Result<Vec<(usize, f64)>, String>,
 }
 
 fn result_json<T>(r: &Result<T, String>, f: impl FnOnce(&T) -> Value) -> Value {
@@ -525,6 +530,9 @@ impl Report {
                 "memory": c.memory.as_ref().map_or(Value::Null, Memory::json),
                 "memory_empty": c.memory_empty.as_ref().map_or(Value::Null, Memory::json),
                 "memory_per_million_prefixes_bytes": memory_per_million(c),
+                "spread_lookups": c.lookup_kinds.map(|[leaf, inline, slice]| json!({
+                    "leaf": leaf, "inline": inline, "slice": slice,
+                })),
             })
         });
         let correctness = result_json(&self.correctness, |c| {
@@ -556,6 +564,10 @@ impl Report {
                 "median_ms": f.median_ms(),
                 "max_ms": f.max_ms(),
             })),
+            "memory_latency": result_json(&self.memory_latency, |m| json!(m
+                .iter()
+                .map(|(kib, ns)| json!({"kib": kib, "ns_per_read": ns}))
+                .collect::<Vec<_>>())),
             "goals": self.goals().iter().map(|g| json!({
                 "goal": g.goal, "measured": g.measured, "met": g.met,
             })).collect::<Vec<_>>(),
@@ -709,6 +721,18 @@ impl Report {
                     ]),
                     _ => {}
                 }
+                if let Some([leaf, inline, slice]) = c.lookup_kinds {
+                    rows.push([
+                        format!("lookups of {n} spread addresses: inline"),
+                        format!("{:.1}%", inline * 100.0),
+                        String::new(),
+                        format!(
+                            "leaf {:.1}%, slice of ranges {:.1}% (one cache line more)",
+                            leaf * 100.0,
+                            slice * 100.0
+                        ),
+                    ]);
+                }
                 if let Some(m) = &c.memory {
                     rows.push([
                         format!("map memory with {n}"),
@@ -744,6 +768,28 @@ impl Report {
                 first_line(e),
             ]),
         }
+        section(
+            &mut rows,
+            "memory latency (dependent random reads, 4 KiB pages)",
+        );
+        match &self.memory_latency {
+            Ok(m) => {
+                for (kib, ns) in m {
+                    rows.push([
+                        format!("random read in {}", size_kib(*kib)),
+                        format!("{ns:.1} ns"),
+                        String::new(),
+                        String::new(),
+                    ]);
+                }
+            }
+            Err(e) => rows.push([
+                "not measured".into(),
+                String::new(),
+                String::new(),
+                first_line(e),
+            ]),
+        }
         section(&mut rows, "goals (performance issue)");
         for g in self.goals() {
             rows.push([
@@ -762,6 +808,14 @@ impl Report {
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+fn size_kib(kib: usize) -> String {
+    if kib >= 1024 && kib.is_multiple_of(1024) {
+        format!("{} MiB", kib / 1024)
+    } else {
+        format!("{kib} KiB")
+    }
+}
 
 /// Memory per million prefixes: what the maps grew by from empty to loaded, scaled to a
 /// million prefixes (0 for maps allocated in full up front); the whole total scaled when the
@@ -1133,6 +1187,7 @@ mod tests {
                     total: 8 << 20,
                     maps: vec![],
                 }),
+                lookup_kinds: Some([0.1, 0.85, 0.05]),
                 ..Control::default()
             }),
             correctness: Err("skipped".into()),
@@ -1140,6 +1195,7 @@ mod tests {
                 hosts: 3,
                 rounds_ms: vec![80.0, 60.0, 1200.0],
             }),
+            memory_latency: Ok(vec![(256, 7.0), (16384, 150.0)]),
         }
     }
 
@@ -1180,6 +1236,8 @@ mod tests {
             "5M v4 + 100k v6",
             "nftables 1M spread",
             "apply 1% change",
+            "random read in 16 MiB",
+            "spread addresses: inline",
             "PASS",
         ] {
             assert!(t.contains(needle), "{needle} missing from\n{t}");
