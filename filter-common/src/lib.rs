@@ -282,7 +282,7 @@ pub mod dxr {
     /// their index in its table's palette, which holds the results inline chunks use most.
     pub const PALETTE: u32 = 1 << PALETTE_BITS;
     /// Bits of a palette index.
-    pub const PALETTE_BITS: u32 = 6;
+    pub const PALETTE_BITS: u32 = 4;
 
     /// Default capacity, in ranges, of each copy of the IPv4 destination table. Only chunks
     /// with more than one result store ranges, at most three per prefix (a prefix alone in
@@ -377,11 +377,11 @@ const _: () = assert!(size_of::<Range6>() == 24);
 ///   from index `hi` (the copy's offset included). All zero: an empty slice, a table not yet
 ///   written, which gives no result.
 /// - [`Chunk::INLINE`]: up to [`dxr::INLINE_BOUNDS`] + 1 ranges held in the entry. Six
-///   boundary slots of 12 bits (five in `hi` from bit 0, the sixth in `lo` from bit 44) hold
-///   the chunk offsets where ranges start, unused slots 0; seven palette indexes of 6 bits (in
-///   `lo` from bit 2) hold the results, right-aligned: the address at `offset` takes the index
-///   in slot `6 - (boundaries above offset)`. The count needs no branch, so the verifier
-///   sees one path.
+///   16-bit lanes (four in `hi`, two in the top half of `lo`) hold the chunk offsets where
+///   ranges start (below 4096), unused lanes 0; seven palette indexes of 4 bits (in `lo` from
+///   bit 4) hold the results, right-aligned: the address at `offset` takes the index in slot
+///   `6 - (boundaries above offset)`. The lanes are compared with the offset all at once
+///   (SWAR: a subtraction per word and a multiplication to add up), without a branch.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Chunk {
@@ -389,9 +389,12 @@ pub struct Chunk {
     pub hi: u64,
 }
 const _: () = assert!(size_of::<Chunk>() == 16);
-// Seven slots and the sixth boundary fit in `lo`, five boundaries in `hi`.
-const _: () = assert!(Chunk::SIXTH_AT + dxr::BOUND_BITS <= 64);
-const _: () = assert!(5 * dxr::BOUND_BITS <= 64 && dxr::INLINE_BOUNDS == 6);
+// Seven slots fit below the two lanes of `lo`; four lanes fill `hi`; a boundary fits a lane
+// with its top bit free and offset + 1 never borrows.
+const _: () = assert!(
+    Chunk::SLOTS_AT + (dxr::INLINE_BOUNDS as u32 + 1) * dxr::PALETTE_BITS <= Chunk::LANES_AT
+);
+const _: () = assert!(dxr::INLINE_BOUNDS == 6 && dxr::BOUND_BITS < 15);
 
 impl Chunk {
     pub const KIND: u64 = 3;
@@ -399,9 +402,12 @@ impl Chunk {
     pub const LEAF: u64 = 1;
     pub const INLINE: u64 = 2;
     /// Where the palette indexes start in `lo`.
-    const SLOTS_AT: u32 = 2;
-    /// Where the sixth boundary sits in `lo`.
-    const SIXTH_AT: u32 = Self::SLOTS_AT + (dxr::INLINE_BOUNDS as u32 + 1) * dxr::PALETTE_BITS;
+    const SLOTS_AT: u32 = 4;
+    /// Where the lanes of the fifth and sixth boundaries start in `lo`.
+    const LANES_AT: u32 = 32;
+    /// One in each 16-bit lane, and each lane's top bit.
+    const ONES: u64 = 0x0001_0001_0001_0001;
+    const GUARDS: u64 = 0x8000_8000_8000_8000;
 
     /// A chunk with one result.
     #[inline(always)]
@@ -431,10 +437,10 @@ impl Chunk {
         let mut hi = 0;
         for (i, &b) in bounds.iter().enumerate() {
             let b = u64::from(b) & ((1 << dxr::BOUND_BITS) - 1);
-            if i < 5 {
-                hi |= b << (dxr::BOUND_BITS * i as u32);
+            if i < 4 {
+                hi |= b << (16 * i);
             } else {
-                lo |= b << Self::SIXTH_AT;
+                lo |= b << (Self::LANES_AT as usize + 16 * (i - 4));
             }
         }
         for (i, &p) in slots.iter().enumerate() {
@@ -452,15 +458,16 @@ impl Chunk {
     /// The palette index an inline chunk gives the address at `offset` (below 4096) in it.
     #[inline(always)]
     pub fn slot(&self, offset: u32) -> u32 {
-        let o = u64::from(offset);
-        let mask = (1 << dxr::BOUND_BITS) - 1;
-        // 1 for each boundary above the offset: unused slots (0) never are.
-        let mut above = o.wrapping_sub((self.lo >> Self::SIXTH_AT) & mask) >> 63;
-        let mut b = self.hi;
-        for _ in 0..5 {
-            above += o.wrapping_sub(b & mask) >> 63;
-            b >>= dxr::BOUND_BITS;
-        }
+        // A lane holding 0x8000 + boundary, less offset + 1, keeps its top bit only where the
+        // boundary is above the offset (an unused lane, 0, never is), and never borrows from
+        // the next lane: 0x8000 + 0 - 4096 is still positive.
+        let past = (u64::from(offset) + 1) * Self::ONES;
+        let hi = ((self.hi | Self::GUARDS) - past) & Self::GUARDS;
+        let lo = (((self.lo >> Self::LANES_AT) | (Self::GUARDS >> 32)) - (past >> 32))
+            & (Self::GUARDS >> 32);
+        // One bit per lane above the offset; the multiplication adds the lanes up in the top
+        // lane (at most six).
+        let above = ((hi >> 15) + (lo >> 15)).wrapping_mul(Self::ONES) >> 48;
         let slot = dxr::INLINE_BOUNDS as u64 - above;
         ((self.lo >> (u64::from(Self::SLOTS_AT) + u64::from(dxr::PALETTE_BITS) * slot))
             & u64::from(dxr::PALETTE - 1)) as u32

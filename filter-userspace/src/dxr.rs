@@ -321,8 +321,9 @@ impl Palette {
 
 /// A table as its maps hold it: the direct entries (`Chunk`s; a slice's first index relative
 /// to the copy's start; IPv6 tables hold leaves and slices only), the palette inline chunks
-/// name their results in, and the ranges of the chunks that are slices.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// name their results in, and the ranges of the chunks that are slices. The default is the
+/// table of nothing, with no chunk: every lookup gives 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Packed {
     chunk_bits: u32,
     pub direct: Vec<Chunk>,
@@ -347,7 +348,9 @@ impl Packed {
     /// The result for `addr`, exactly as the XDP program finds it: a leaf, an inline chunk's
     /// palette entry, or at most `steps` halvings of the chunk's slice.
     pub fn lookup(&self, addr: u128, steps: u32) -> u32 {
-        let c = self.direct[(addr >> self.chunk_bits) as usize];
+        let Some(&c) = self.direct.get((addr >> self.chunk_bits) as usize) else {
+            return 0;
+        };
         match c.kind() {
             Chunk::LEAF => return c.hi as u32,
             Chunk::INLINE => {
@@ -571,7 +574,7 @@ mod tests {
             .iter()
             .filter(|c| c.kind() == Chunk::INLINE)
             .count();
-        // 0 takes a slot: 63 results fit beside it.
+        // 0 takes a slot: the others fill the rest.
         assert_eq!(inline, dxr::PALETTE as usize - 1);
         assert_eq!(packed.len(), 3 * (n as usize - inline));
         check(&prefixes, &mut 11);
@@ -584,7 +587,7 @@ mod tests {
             let bounds: Vec<u16> = (0..k as u16)
                 .map(|i| 1 + i * 800 + (i == 5) as u16 * 94)
                 .collect();
-            let slots: Vec<u8> = (0..=k as u8).map(|i| 63 - i).collect();
+            let slots: Vec<u8> = (0..=k as u8).map(|i| dxr::PALETTE as u8 - 1 - i).collect();
             let c = Chunk::inline(&bounds, &slots);
             assert_eq!(c.kind(), Chunk::INLINE);
             for offset in 0..(1 << dxr::BOUND_BITS) {
