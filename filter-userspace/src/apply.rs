@@ -178,15 +178,19 @@ pub struct Built<F: Family> {
 }
 
 impl<F: Family> Built<F> {
-    fn new(desired: &BTreeMap<F::Net, RuleEntry>, table: Dxr) -> Self {
+    /// The table `build` makes of `desired`. A table without prefixes is not built: it stays
+    /// out of `EB_ACTIVE`, so the program never reads it, and `Ranges::write` skips it.
+    fn new(desired: &BTreeMap<F::Net, RuleEntry>, build: impl FnOnce() -> Dxr) -> Self {
         let record = desired
             .iter()
             .map(|(p, e)| F::record(p, e.rule_id))
             .collect();
-        Self {
-            table: table.pack(),
-            record,
-        }
+        let table = if desired.is_empty() {
+            Packed::default()
+        } else {
+            build().pack()
+        };
+        Self { table, record }
     }
 
     fn check(&self, ranges: &Ranges<F>, direction: u8) -> Result<(), ApplyError> {
@@ -404,10 +408,12 @@ impl Plan {
         let want_dst_v6 = desired(&t.dst_v6, &ids, compiled);
         let want_src_v6 = desired(&t.src_v6, &ids, compiled);
         let v4 = |t: &BTreeMap<Ipv4Net, RuleEntry>| {
-            Built::new(t, Dxr::build(t.iter().map(|(p, e)| (*p, reference(e)))))
+            Built::new(t, || Dxr::build(t.iter().map(|(p, e)| (*p, reference(e)))))
         };
         let v6 = |t: &BTreeMap<Ipv6Net, RuleEntry>| {
-            Built::new(t, Dxr::build_v6(t.iter().map(|(p, e)| (*p, reference(e)))))
+            Built::new(t, || {
+                Dxr::build_v6(t.iter().map(|(p, e)| (*p, reference(e))))
+            })
         };
         let (v4_dst, v4_src) = (v4(&want_dst_v4), v4(&want_src_v4));
         let (v6_dst, v6_src) = (v6(&want_dst_v6), v6(&want_src_v6));
