@@ -237,8 +237,9 @@ pub const MAX_RULES: u32 = 4096;
 /// Address lookup: DXR-style range tables (Zec, Rizzo, Mikuc 2012), for IPv4 and IPv6. The
 /// address space is cut into ranges with one result each; a direct table indexed by the top
 /// 20 address bits gives the chunk's one result, its few ranges inline (IPv4, [`Chunk`]), or
-/// the slice of its ranges in a range map, which a binary search finds the range in. Two copies of everything (0 and 1): `apply` writes the inactive copy, then flips
-/// `EB_ACTIVE`, so a packet always sees one whole policy, both families.
+/// the slice of its ranges in a range map, where a binary search finds the range. Two copies
+/// of everything (0 and 1): `apply` writes the inactive copy, then flips `EB_ACTIVE`, so a
+/// packet always sees one whole policy, both families.
 pub mod dxr {
     /// Address bits that index an IPv4 direct table: 2^20 chunks of 4096 addresses. With a
     /// million prefixes a chunk holds one or two of them, few enough to sit in its 16-byte
@@ -285,7 +286,7 @@ pub mod dxr {
     pub const PALETTE_BITS: u32 = 4;
 
     /// Default capacity, in ranges, of each copy of the IPv4 destination table. Only chunks
-    /// with more than one result store ranges, at most three per prefix (a prefix alone in
+    /// with too many ranges to be inline store them, at most three per prefix (a prefix alone in
     /// its chunk splits it in three), so this holds a million prefixes whatever their
     /// spread (24 MiB per copy). Set another with EDGEBLOCK_V4_DST_RANGES before the program
     /// is first loaded.

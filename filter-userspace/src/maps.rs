@@ -353,7 +353,8 @@ impl<F: Family> Ranges<F> {
         all[base] = with_count::<F>(record.len());
         if record.is_empty() {
             // `apply` leaves a table without prefixes out of `EB_ACTIVE`, and the program then
-            // never reads it: writing its 16 MiB of leaves would only slow every apply down.
+            // never reads it: writing its table of leaves (8 or 16 MiB) would only slow every
+            // apply down.
             return;
         }
         let cap = self.capacity(direction);
