@@ -9,6 +9,10 @@
 //! therefore never absent, not even for one packet, and an interrupted apply leaves a state
 //! the next apply converges from (the plan is always computed against what the kernel holds,
 //! not against a state file).
+//!
+//! A table is built anew only when its change is large: otherwise the live table, read back
+//! from the copy in use, is patched (`dxr::patch`: the chunks the changed prefixes touch are
+//! cut again, the others copied), and the result is still written whole into the other copy.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -23,7 +27,7 @@ use thiserror::Error;
 
 use crate::{
     compile::{Compiled, action_name},
-    dxr::{Dxr, Packed},
+    dxr::{self, Dxr, Packed, Span},
     maps::{Family, Maps, MapsError, Ranges, V4, V6, decode_name, encode_name},
 };
 
@@ -66,6 +70,33 @@ pub struct Live {
     pub src_v4: BTreeMap<Ipv4Net, RuleEntry>,
     pub dst_v6: BTreeMap<Ipv6Net, RuleEntry>,
     pub src_v6: BTreeMap<Ipv6Net, RuleEntry>,
+    /// The range tables built from those prefixes, as the program searches them (`None`:
+    /// a table without prefixes, or not read): a small change patches them.
+    pub tables: Tables,
+}
+
+/// A range table per direction and family.
+#[derive(Default)]
+pub struct Tables {
+    pub v4_dst: Option<Packed>,
+    pub v4_src: Option<Packed>,
+    pub v6_dst: Option<Packed>,
+    pub v6_src: Option<Packed>,
+}
+
+impl Tables {
+    fn read(maps: &Maps) -> Result<Self, MapsError> {
+        let act = maps.active_word()?;
+        let copy = act & active::COPY;
+        let v4 = |bit: u32, dir| (act & bit != 0).then(|| maps.v4.read(copy, dir)).flatten();
+        let v6 = |bit: u32, dir| (act & bit != 0).then(|| maps.v6.read(copy, dir)).flatten();
+        Ok(Self {
+            v4_dst: v4(active::V4_DST, direction::DST),
+            v4_src: v4(active::V4_SRC, direction::SRC),
+            v6_dst: v6(active::V6_DST, direction::DST),
+            v6_src: v6(active::V6_SRC, direction::SRC),
+        })
+    }
 }
 
 impl Live {
@@ -78,6 +109,7 @@ impl Live {
             src_v4: maps.record(&maps.v4, direction::SRC)?,
             dst_v6: maps.record(&maps.v6, direction::DST)?,
             src_v6: maps.record(&maps.v6, direction::SRC)?,
+            tables: Tables::read(maps)?,
         })
     }
 
@@ -91,6 +123,7 @@ impl Live {
             src_v4: BTreeMap::new(),
             dst_v6: BTreeMap::new(),
             src_v6: BTreeMap::new(),
+            tables: Tables::default(),
         }
     }
 
@@ -178,9 +211,17 @@ pub struct Built<F: Family> {
 }
 
 impl<F: Family> Built<F> {
-    /// The table `build` makes of `desired`. A table without prefixes is not built: it stays
-    /// out of `EB_ACTIVE`, so the program never reads it, and `Ranges::write` skips it.
-    fn new(desired: &BTreeMap<F::Net, RuleEntry>, build: impl FnOnce() -> Dxr) -> Self {
+    /// The table of `desired`: `live` (the table of the live prefixes) patched where `diff`
+    /// changes it, or built whole when there is no live table or the change is large
+    /// (`dxr::patch`). `wide` lists `desired`'s prefixes that hold whole chunks. A table
+    /// without prefixes is not built: it stays out of `EB_ACTIVE`, so the program never reads
+    /// it, and `Ranges::write` skips it.
+    fn new(
+        desired: &BTreeMap<F::Net, RuleEntry>,
+        wide: &[F::Net],
+        live: Option<&Packed>,
+        diff: &TableDiff<F::Net>,
+    ) -> Self {
         let record = desired
             .iter()
             .map(|(p, e)| F::record(p, e.rule_id))
@@ -188,7 +229,11 @@ impl<F: Family> Built<F> {
         let table = if desired.is_empty() {
             Packed::default()
         } else {
-            build().pack()
+            let changed = (diff.add.iter().map(|a| a.0))
+                .chain(diff.change.iter().map(|c| c.0))
+                .chain(diff.remove.iter().map(|r| r.0));
+            live.and_then(|live| dxr::patch(live, desired, wide, reference, changed))
+                .unwrap_or_else(|| Dxr::of(desired.iter().map(|(p, e)| (*p, reference(e)))).pack())
         };
         Self { table, record }
     }
@@ -392,40 +437,43 @@ impl Plan {
             .map(|id| decode_name(&live.metas[id].name))
             .collect();
 
-        fn desired<P: Copy + Ord>(
+        /// A direction's prefixes with their entries, and those that hold whole chunks.
+        fn desired<P: Span>(
             table: &BTreeMap<P, usize>,
             ids: &[u32],
             compiled: &Compiled,
-        ) -> BTreeMap<P, RuleEntry> {
-            table
+        ) -> (BTreeMap<P, RuleEntry>, Vec<P>) {
+            let mut wide = Vec::new();
+            let entries = table
                 .iter()
+                .inspect(|(p, _)| {
+                    if p.bits() <= P::DIRECT_BITS {
+                        wide.push(**p);
+                    }
+                })
                 .map(|(p, &i)| (*p, entry(ids[i], &compiled.rules[i])))
-                .collect()
+                .collect();
+            (entries, wide)
         }
         let t = &compiled.tables;
-        let want_dst_v4 = desired(&t.dst_v4, &ids, compiled);
-        let want_src_v4 = desired(&t.src_v4, &ids, compiled);
-        let want_dst_v6 = desired(&t.dst_v6, &ids, compiled);
-        let want_src_v6 = desired(&t.src_v6, &ids, compiled);
-        let v4 = |t: &BTreeMap<Ipv4Net, RuleEntry>| {
-            Built::new(t, || Dxr::build(t.iter().map(|(p, e)| (*p, reference(e)))))
-        };
-        let v6 = |t: &BTreeMap<Ipv6Net, RuleEntry>| {
-            Built::new(t, || {
-                Dxr::build_v6(t.iter().map(|(p, e)| (*p, reference(e))))
-            })
-        };
-        let (v4_dst, v4_src) = (v4(&want_dst_v4), v4(&want_src_v4));
-        let (v6_dst, v6_src) = (v6(&want_dst_v6), v6(&want_src_v6));
+        let (want_dst_v4, wide_dst_v4) = desired(&t.dst_v4, &ids, compiled);
+        let (want_src_v4, wide_src_v4) = desired(&t.src_v4, &ids, compiled);
+        let (want_dst_v6, wide_dst_v6) = desired(&t.dst_v6, &ids, compiled);
+        let (want_src_v6, wide_src_v6) = desired(&t.src_v6, &ids, compiled);
+        let dst_v4 = TableDiff::new("dst v4", &live.dst_v4, &want_dst_v4);
+        let src_v4 = TableDiff::new("src v4", &live.src_v4, &want_src_v4);
+        let dst_v6 = TableDiff::new("dst v6", &live.dst_v6, &want_dst_v6);
+        let src_v6 = TableDiff::new("src v6", &live.src_v6, &want_src_v6);
+        let lt = &live.tables;
+        let v4_dst = Built::new(&want_dst_v4, &wide_dst_v4, lt.v4_dst.as_ref(), &dst_v4);
+        let v4_src = Built::new(&want_src_v4, &wide_src_v4, lt.v4_src.as_ref(), &src_v4);
+        let v6_dst = Built::new(&want_dst_v6, &wide_dst_v6, lt.v6_dst.as_ref(), &dst_v6);
+        let v6_src = Built::new(&want_src_v6, &wide_src_v6, lt.v6_src.as_ref(), &src_v6);
         let results = ids
             .iter()
             .zip(&compiled.rules)
             .map(|(&id, r)| (id, entry(id, r)))
             .collect();
-        let dst_v4 = TableDiff::new("dst v4", &live.dst_v4, &want_dst_v4);
-        let src_v4 = TableDiff::new("src v4", &live.src_v4, &want_src_v4);
-        let dst_v6 = TableDiff::new("dst v6", &live.dst_v6, &want_dst_v6);
-        let src_v6 = TableDiff::new("src v6", &live.src_v6, &want_src_v6);
 
         let mut config = live.config;
         config.malformed_action = compiled.malformed;
@@ -804,7 +852,18 @@ mod tests {
             src_v4: table(&before.src_v4, &plan.src_v4),
             dst_v6: table(&before.dst_v6, &plan.dst_v6),
             src_v6: table(&before.src_v6, &plan.src_v6),
+            tables: Tables {
+                v4_dst: written(&plan.v4_dst),
+                v4_src: written(&plan.v4_src),
+                v6_dst: written(&plan.v6_dst),
+                v6_src: written(&plan.v6_src),
+            },
         }
+    }
+
+    /// The table a plan leaves live, if it holds prefixes.
+    fn written<F: Family>(built: &Built<F>) -> Option<Packed> {
+        (!built.record.is_empty()).then(|| built.table.clone())
     }
 
     const A: &str = r#"

@@ -13,10 +13,14 @@
 //! [`Packed`] is the form the maps hold: a chunk with one result becomes a leaf of the direct
 //! table, an IPv4 chunk of a few ranges sits inline in its entry (`filter_common::Chunk`), and
 //! only the other chunks store ranges, at most three per prefix.
+//!
+//! [`patch`] makes the table of a slightly changed policy from the live one: only the chunks
+//! the changed prefixes touch are cut again, so a 1% change to a million prefixes costs a
+//! fraction of a whole build.
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use filter_common::{Chunk, Range6, dxr};
 
@@ -39,87 +43,29 @@ impl Dxr {
     /// An IPv4 table from prefixes in ascending (network, length) order (`BTreeMap` order),
     /// each with its result (a rule reference, never 0).
     pub fn build(prefixes: impl IntoIterator<Item = (Ipv4Net, u32)>) -> Self {
-        let spans = prefixes.into_iter().map(|(p, r)| {
-            (
-                u128::from(u32::from(p.network())),
-                u128::from(u32::from(p.broadcast())),
-                r,
-            )
-        });
-        Self::sweep(32, dxr::V4_DIRECT_BITS, spans)
+        Self::of(prefixes)
     }
 
     /// The IPv6 counterpart of [`Dxr::build`].
     pub fn build_v6(prefixes: impl IntoIterator<Item = (Ipv6Net, u32)>) -> Self {
-        let spans = prefixes
-            .into_iter()
-            .map(|(p, r)| (u128::from(p.network()), u128::from(p.broadcast()), r));
-        Self::sweep(128, dxr::V6_DIRECT_BITS, spans)
+        Self::of(prefixes)
     }
 
-    /// Cut the space into ranges from nested-or-disjoint spans in ascending (first, wider
-    /// first) order: the longest span holding an address gives its result.
-    fn sweep(bits: u32, direct_bits: u32, spans: impl Iterator<Item = (u128, u128, u32)>) -> Self {
-        let top = if bits == 128 {
-            u128::MAX
-        } else {
-            (1u128 << bits) - 1
-        };
+    /// The table of prefixes of either family, in ascending (network, length) order.
+    pub fn of<P: Span>(prefixes: impl IntoIterator<Item = (P, u32)>) -> Self {
+        let top = P::top();
         let mut b = Dxr {
-            bits,
-            direct_bits,
-            direct: vec![0; (1 << direct_bits) + 1],
+            bits: P::BITS,
+            direct_bits: P::DIRECT_BITS,
+            direct: vec![0; (1 << P::DIRECT_BITS) + 1],
             starts: Vec::new(),
             results: Vec::new(),
         };
-        // The next address without a range; None once the whole space is covered.
-        let mut cur: Option<u128> = Some(0);
-        // The spans holding the sweep position, innermost last: (last address, result).
-        let mut open: Vec<(u128, u32)> = Vec::new();
-        for (first, last, result) in spans {
-            while let Some(&(end, r)) = open.last() {
-                if end >= first {
-                    break;
-                }
-                // A span that ends where a nested one ended has nothing left to emit.
-                if let Some(c) = cur
-                    && c <= end
-                {
-                    b.emit(c, end, r);
-                    cur = end.checked_add(1);
-                }
-                open.pop();
-            }
-            if let Some(c) = cur
-                && c < first
-            {
-                b.emit(c, first - 1, open.last().map_or(0, |o| o.1));
-                cur = Some(first);
-            }
-            // Nested spans: the innermost decides. An enforced span replaces both halves (it is
-            // the longest prefix of all, and the longest enforced one); a shadow span keeps
-            // the enforced half of the span around it.
-            let inherited = open.last().map_or(0, |o| o.1) & dxr::ENFORCED_MASK;
-            let combined = if result > dxr::ENFORCED_MASK {
-                (result & !dxr::ENFORCED_MASK) | inherited
-            } else {
-                result
-            };
-            open.push((last, combined));
-        }
-        while let Some((end, r)) = open.pop() {
-            if let Some(c) = cur
-                && c <= end
-            {
-                b.emit(c, end, r);
-                cur = end.checked_add(1);
-            }
-        }
-        if let Some(c) = cur
-            && c <= top
-        {
-            b.emit(c, top, 0);
-        }
+        let spans = prefixes.into_iter().map(|(p, r)| {
+            let (first, last) = p.span();
+            (first, last, r)
+        });
+        cut(0, top, spans, |from, to, r| b.emit(from, to, r));
         let end = b.chunks();
         b.direct[end] = b.starts.len() as u32;
         b
@@ -209,43 +155,255 @@ impl Dxr {
     /// chunks as slices of the ranges stored.
     pub fn pack(&self) -> Packed {
         let palette = self.palette();
-        let mut direct = Vec::with_capacity(self.chunks());
-        let (mut starts, mut results) = (Vec::new(), Vec::new());
-        let mut longest = 0;
+        let mut out = Packed {
+            chunk_bits: self.chunk_bits(),
+            direct: Vec::with_capacity(self.chunks()),
+            ..Packed::default()
+        };
         let mut slots = Vec::with_capacity(dxr::INLINE_BOUNDS + 1);
         for w in self.direct.windows(2) {
             let (lo, hi) = (w[0] as usize, w[1] as usize);
-            if hi - lo == 1 {
-                direct.push(Chunk::leaf(self.results[lo]));
-                continue;
-            }
-            slots.clear();
-            if hi - lo <= dxr::INLINE_BOUNDS + 1 && !palette.is_empty() {
-                slots.extend(self.results[lo..hi].iter().map_while(|&r| palette.slot(r)));
-            }
-            if slots.len() == hi - lo {
-                let first = self.starts[lo];
-                let mut bounds = [0u16; dxr::INLINE_BOUNDS];
-                for (b, &s) in bounds.iter_mut().zip(&self.starts[lo + 1..hi]) {
-                    *b = (s - first) as u16;
-                }
-                direct.push(Chunk::inline(&bounds[..hi - lo - 1], &slots));
-            } else {
-                direct.push(Chunk::slice(starts.len() as u64, (hi - lo) as u32));
-                starts.extend_from_slice(&self.starts[lo..hi]);
-                results.extend_from_slice(&self.results[lo..hi]);
-                longest = longest.max(hi - lo);
-            }
+            out.push_chunk(
+                &self.starts[lo..hi],
+                &self.results[lo..hi],
+                &palette,
+                &mut slots,
+            );
         }
-        Packed {
-            chunk_bits: self.chunk_bits(),
-            direct,
-            palette: palette.results,
-            starts,
-            results,
-            longest,
+        out.palette = palette.results;
+        out
+    }
+}
+
+/// Cut `lo..=hi` into ranges from spans `(first, last, result)` that are nested or disjoint,
+/// in ascending (first, wider first) order, and each inside `lo..=hi` or holding all of it:
+/// the longest span holding an address gives its result, 0 where none does. `emit` gets
+/// `(from, to, result)` in address order; neighbours may have the same result.
+fn cut(
+    lo: u128,
+    hi: u128,
+    spans: impl Iterator<Item = (u128, u128, u32)>,
+    mut emit: impl FnMut(u128, u128, u32),
+) {
+    // The next address without a range; None once the window is covered.
+    let mut cur: Option<u128> = Some(lo);
+    // The spans holding the sweep position, innermost last: (last address, result).
+    let mut open: Vec<(u128, u32)> = Vec::new();
+    for (first, last, result) in spans {
+        while let Some(&(end, r)) = open.last() {
+            if end >= first {
+                break;
+            }
+            // A span that ends where a nested one ended has nothing left to emit.
+            if let Some(c) = cur
+                && c <= end
+            {
+                emit(c, end, r);
+                cur = end.checked_add(1);
+            }
+            open.pop();
+        }
+        if let Some(c) = cur
+            && c < first
+        {
+            emit(c, first - 1, open.last().map_or(0, |o| o.1));
+            cur = Some(first);
+        }
+        // Nested spans: the innermost decides. An enforced span replaces both halves (it is
+        // the longest prefix of all, and the longest enforced one); a shadow span keeps
+        // the enforced half of the span around it.
+        let inherited = open.last().map_or(0, |o| o.1) & dxr::ENFORCED_MASK;
+        let combined = if result > dxr::ENFORCED_MASK {
+            (result & !dxr::ENFORCED_MASK) | inherited
+        } else {
+            result
+        };
+        open.push((last, combined));
+    }
+    while let Some((end, r)) = open.pop() {
+        let end = end.min(hi);
+        if let Some(c) = cur
+            && c <= end
+        {
+            emit(c, end, r);
+            cur = end.checked_add(1);
         }
     }
+    if let Some(c) = cur
+        && c <= hi
+    {
+        emit(c, hi, 0);
+    }
+}
+
+/// A prefix of either family, as the range tables see it.
+pub trait Span: Copy + Ord {
+    /// Address bits: 32 or 128.
+    const BITS: u32;
+    /// Address bits that index the direct table.
+    const DIRECT_BITS: u32;
+    /// First and last address.
+    fn span(&self) -> (u128, u128);
+    fn bits(&self) -> u32;
+    /// The prefix of `len` bits at `addr`, host bits kept: a bound for range queries, which
+    /// order prefixes by (address, length).
+    fn at(addr: u128, len: u8) -> Self;
+
+    fn top() -> u128 {
+        u128::MAX >> (128 - Self::BITS)
+    }
+}
+
+impl Span for Ipv4Net {
+    const BITS: u32 = 32;
+    const DIRECT_BITS: u32 = dxr::V4_DIRECT_BITS;
+    fn span(&self) -> (u128, u128) {
+        (
+            u32::from(self.network()).into(),
+            u32::from(self.broadcast()).into(),
+        )
+    }
+    fn bits(&self) -> u32 {
+        self.prefix_len().into()
+    }
+    fn at(addr: u128, len: u8) -> Self {
+        Ipv4Net::new((addr as u32).into(), len.min(32)).expect("length at most 32")
+    }
+}
+
+impl Span for Ipv6Net {
+    const BITS: u32 = 128;
+    const DIRECT_BITS: u32 = dxr::V6_DIRECT_BITS;
+    fn span(&self) -> (u128, u128) {
+        (self.network().into(), self.broadcast().into())
+    }
+    fn bits(&self) -> u32 {
+        self.prefix_len().into()
+    }
+    fn at(addr: u128, len: u8) -> Self {
+        Ipv6Net::new(addr.into(), len.min(128)).expect("length at most 128")
+    }
+}
+
+/// The share of chunks (1 in `PATCH_LIMIT`) a change may touch for [`patch`] to rebuild them
+/// alone; past it, a whole build costs about the same.
+const PATCH_LIMIT: usize = 8;
+
+/// The table of `desired` made from `live`, the packed table of a policy that differs from
+/// `desired` only in the prefixes `changed` (added, removed, or with another result): the
+/// chunks those prefixes touch are cut again from `desired`, every other chunk is copied, and
+/// the ranges are laid out afresh, so nothing a past patch left grows. `wide` lists `desired`'s
+/// prefixes of at most `P::DIRECT_BITS` bits (which hold whole chunks) in map order; `result`
+/// gives a prefix's result. The palette keeps its results in their slots (unchanged inline
+/// chunks name them) and takes new ones while it has room; a chunk whose results are not in
+/// it is a slice. `None` when the change touches too many chunks (or `live` is not a table of
+/// this family): build the whole table instead.
+pub fn patch<P: Span, V>(
+    live: &Packed,
+    desired: &BTreeMap<P, V>,
+    wide: &[P],
+    result: impl Fn(&V) -> u32,
+    changed: impl IntoIterator<Item = P>,
+) -> Option<Packed> {
+    let chunk_bits = P::BITS - P::DIRECT_BITS;
+    let chunks = 1usize << P::DIRECT_BITS;
+    if live.chunk_bits != chunk_bits || live.direct.len() != chunks {
+        return None;
+    }
+    let mut dirty = Vec::new();
+    for p in changed {
+        let (first, last) = p.span();
+        dirty.extend((first >> chunk_bits) as usize..=(last >> chunk_bits) as usize);
+        if dirty.len() > chunks / PATCH_LIMIT {
+            return None;
+        }
+    }
+    dirty.sort_unstable();
+    dirty.dedup();
+
+    // Each dirty chunk cut again: the wide prefixes holding it (a stack walked along the
+    // ascending chunks), then the prefixes inside it.
+    let mut cuts: Vec<(usize, Vec<(u128, u32)>)> = Vec::with_capacity(dirty.len());
+    let mut holding: Vec<(u128, u128, u32)> = Vec::new();
+    let mut next_wide = wide.iter().peekable();
+    for &c in &dirty {
+        let lo = (c as u128) << chunk_bits;
+        let hi = lo | ((1u128 << chunk_bits) - 1);
+        while let Some(p) = next_wide.next_if(|p| p.span().0 <= lo) {
+            let (first, last) = p.span();
+            while holding.last().is_some_and(|h| h.1 < first) {
+                holding.pop();
+            }
+            holding.push((first, last, desired.get(p).map_or(0, &result)));
+        }
+        while holding.last().is_some_and(|h| h.1 < lo) {
+            holding.pop();
+        }
+        let inside = desired
+            .range(P::at(lo, (P::DIRECT_BITS + 1) as u8)..=P::at(hi, P::BITS as u8))
+            .map(|(p, v)| {
+                let (first, last) = p.span();
+                (first, last, result(v))
+            });
+        let mut ranges: Vec<(u128, u32)> = Vec::new();
+        cut(
+            lo,
+            hi,
+            holding.iter().copied().chain(inside),
+            |from, _, r| {
+                if ranges.last().is_none_or(|l| l.1 != r) {
+                    ranges.push((from, r));
+                }
+            },
+        );
+        cuts.push((c, ranges));
+    }
+
+    // New results for the palette, most frequent first, while it has room.
+    let mut palette = live.palette.clone();
+    if chunk_bits <= dxr::BOUND_BITS {
+        let known = Palette::new(palette.clone());
+        let mut counts = ByResult::new(0u32);
+        for (_, ranges) in &cuts {
+            if (2..=dxr::INLINE_BOUNDS + 1).contains(&ranges.len()) {
+                for &(_, r) in ranges {
+                    if known.slot(r).is_none() {
+                        *counts.get_mut(r) += 1;
+                    }
+                }
+            }
+        }
+        let mut ranked = counts.into_vec();
+        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let room = (dxr::PALETTE as usize).saturating_sub(palette.len());
+        palette.extend(ranked.into_iter().take(room).map(|(r, _)| r));
+    }
+    let palette = Palette::new(palette);
+
+    let mut out = Packed {
+        chunk_bits,
+        direct: Vec::with_capacity(chunks),
+        ..Packed::default()
+    };
+    let mut cuts = cuts.into_iter().peekable();
+    let (mut starts, mut results, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+    for (c, chunk) in live.direct.iter().enumerate() {
+        if let Some((_, ranges)) = cuts.next_if(|(d, _)| *d == c) {
+            starts.clear();
+            results.clear();
+            starts.extend(ranges.iter().map(|r| r.0));
+            results.extend(ranges.iter().map(|r| r.1));
+            out.push_chunk(&starts, &results, &palette, &mut slots);
+        } else if chunk.kind() == Chunk::SLICE {
+            let (first, count) = (chunk.hi as usize, (chunk.lo >> 32) as usize);
+            let range = first..first + count;
+            out.push_slice(&live.starts[range.clone()], &live.results[range]);
+        } else {
+            out.direct.push(*chunk);
+        }
+    }
+    out.palette = palette.results;
+    Some(out)
 }
 
 /// A value per result: in an array for enforced references alone (below 2^16, nearly every
@@ -336,6 +494,70 @@ pub struct Packed {
 }
 
 impl Packed {
+    /// A table read back from its maps: `direct` with slices indexing `starts`/`results`
+    /// (relative to the copy), `palette` the results inline chunks name.
+    pub fn from_parts(
+        chunk_bits: u32,
+        direct: Vec<Chunk>,
+        palette: Vec<u32>,
+        starts: Vec<u128>,
+        results: Vec<u32>,
+    ) -> Self {
+        let longest = direct
+            .iter()
+            .filter(|c| c.kind() == Chunk::SLICE)
+            .map(|c| (c.lo >> 32) as usize)
+            .max()
+            .unwrap_or(0);
+        Self {
+            chunk_bits,
+            direct,
+            palette,
+            starts,
+            results,
+            longest,
+        }
+    }
+
+    /// Append the chunk of ranges `starts` (the first at the chunk's first address) with
+    /// `results`: a leaf when it has one, inline when it has few and the palette names them
+    /// all, else a slice. `slots` is scratch space.
+    fn push_chunk(
+        &mut self,
+        starts: &[u128],
+        results: &[u32],
+        palette: &Palette,
+        slots: &mut Vec<u8>,
+    ) {
+        if starts.len() == 1 {
+            self.direct.push(Chunk::leaf(results[0]));
+            return;
+        }
+        slots.clear();
+        if starts.len() <= dxr::INLINE_BOUNDS + 1 && !palette.is_empty() {
+            slots.extend(results.iter().map_while(|&r| palette.slot(r)));
+        }
+        if slots.len() == starts.len() {
+            let mut bounds = [0u16; dxr::INLINE_BOUNDS];
+            for (b, &s) in bounds.iter_mut().zip(&starts[1..]) {
+                *b = (s - starts[0]) as u16;
+            }
+            self.direct
+                .push(Chunk::inline(&bounds[..starts.len() - 1], slots));
+        } else {
+            self.push_slice(starts, results);
+        }
+    }
+
+    /// Append a chunk stored as a slice of ranges.
+    fn push_slice(&mut self, starts: &[u128], results: &[u32]) {
+        self.direct
+            .push(Chunk::slice(self.starts.len() as u64, starts.len() as u32));
+        self.starts.extend_from_slice(starts);
+        self.results.extend_from_slice(results);
+        self.longest = self.longest.max(starts.len());
+    }
+
     /// Ranges stored.
     pub fn len(&self) -> usize {
         self.starts.len()
@@ -412,13 +634,19 @@ mod tests {
 
     use super::*;
 
+    /// The longest enforced prefix's result, with the longest prefix's in the high half when
+    /// that one is a shadow result (results above `ENFORCED_MASK`).
     fn naive(prefixes: &BTreeMap<Ipv4Net, u32>, addr: u32) -> u32 {
         let a = Ipv4Addr::from(addr);
-        prefixes
-            .iter()
-            .filter(|(p, _)| p.contains(&a))
+        let holding = || prefixes.iter().filter(|(p, _)| p.contains(&a));
+        let enforced = holding()
+            .filter(|(_, r)| **r <= dxr::ENFORCED_MASK)
             .max_by_key(|(p, _)| p.prefix_len())
-            .map_or(0, |(_, r)| *r)
+            .map_or(0, |(_, r)| *r);
+        match holding().max_by_key(|(p, _)| p.prefix_len()) {
+            Some((_, r)) if *r > dxr::ENFORCED_MASK => (r & !dxr::ENFORCED_MASK) | enforced,
+            _ => enforced,
+        }
     }
 
     fn net(s: &str) -> Ipv4Net {
@@ -740,6 +968,218 @@ mod tests {
                     Ipv6Addr::from(a)
                 );
             }
+        }
+    }
+
+    /// A random policy over a few anchors (nesting is common), results from `results`.
+    fn random_policy(seed: &mut u64, n: usize, results: &[u32]) -> BTreeMap<Ipv4Net, u32> {
+        let anchors: Vec<u32> = (0..4).map(|_| next(seed) as u32).collect();
+        let mut prefixes = BTreeMap::new();
+        for _ in 0..n {
+            prefixes.insert(random_prefix(seed, &anchors), pick(seed, results));
+        }
+        prefixes
+    }
+
+    fn random_prefix(seed: &mut u64, anchors: &[u32]) -> Ipv4Net {
+        let len = (next(seed) % 33) as u8;
+        let base = anchors[(next(seed) % anchors.len() as u64) as usize]
+            ^ (next(seed) as u32 >> (next(seed) % 32));
+        Ipv4Net::new(Ipv4Addr::from(base), len)
+            .expect("len <= 32")
+            .trunc()
+    }
+
+    fn pick(seed: &mut u64, results: &[u32]) -> u32 {
+        results[(next(seed) % results.len() as u64) as usize]
+    }
+
+    /// Patch `live` (the table of `before`) into the table of `after`, and check it against
+    /// a naive matcher and a whole build at the edges of every prefix of both.
+    fn patched(
+        live: &Packed,
+        before: &BTreeMap<Ipv4Net, u32>,
+        after: &BTreeMap<Ipv4Net, u32>,
+        seed: &mut u64,
+    ) -> Option<Packed> {
+        let mut changed: Vec<Ipv4Net> = before
+            .iter()
+            .filter(|(p, r)| after.get(p) != Some(r))
+            .map(|(p, _)| *p)
+            .collect();
+        changed.extend(after.keys().filter(|p| !before.contains_key(p)));
+        let wide: Vec<Ipv4Net> = after
+            .keys()
+            .filter(|p| p.prefix_len() <= dxr::V4_DIRECT_BITS as u8)
+            .copied()
+            .collect();
+        let table = patch(live, after, &wide, |r| *r, changed)?;
+        let whole = Dxr::build(after.iter().map(|(p, r)| (*p, *r))).pack();
+        let mut addrs = probes(after, seed);
+        addrs.extend(probes(before, seed));
+        for a in addrs {
+            let want = naive(after, a);
+            let addr = Ipv4Addr::from(a);
+            assert_eq!(table.lookup(a.into(), 32), want, "patched, address {addr}");
+            assert_eq!(whole.lookup(a.into(), 32), want, "whole, address {addr}");
+        }
+        assert!(table.palette.len() <= dxr::PALETTE as usize);
+        Some(table)
+    }
+
+    #[test]
+    fn patched_tables_agree_with_whole_builds_over_many_changes() {
+        let mut seed = 0x05ee_d0f7_a7c4;
+        let shadow = |r: u32| r << dxr::SHADOW_SHIFT;
+        let results = [1, 2, 3, shadow(4), shadow(5), 0x8000 | 6];
+        let mut patches = 0;
+        for _ in 0..12 {
+            let n = 1 + (next(&mut seed) % 200) as usize;
+            let mut before = random_policy(&mut seed, n, &results);
+            let mut live = Dxr::build(before.iter().map(|(p, r)| (*p, *r))).pack();
+            let anchors: Vec<u32> = (0..4).map(|_| next(&mut seed) as u32).collect();
+            // Each round patches the last round's patched table, not a fresh build: what a
+            // patch leaves behind must be as good as a build.
+            for _ in 0..8 {
+                let mut after = before.clone();
+                for _ in 0..(next(&mut seed) % 12) {
+                    match next(&mut seed) % 3 {
+                        0 => {
+                            after.insert(
+                                random_prefix(&mut seed, &anchors),
+                                pick(&mut seed, &results),
+                            );
+                        }
+                        1 => {
+                            let k = after
+                                .keys()
+                                .nth((next(&mut seed) as usize) % after.len().max(1))
+                                .copied();
+                            k.map(|k| after.remove(&k));
+                        }
+                        _ => {
+                            let k = after
+                                .keys()
+                                .nth((next(&mut seed) as usize) % after.len().max(1))
+                                .copied();
+                            k.map(|k| after.insert(k, pick(&mut seed, &results)));
+                        }
+                    }
+                }
+                // A change over too many chunks is left to a whole build.
+                live = match patched(&live, &before, &after, &mut seed) {
+                    Some(table) => {
+                        patches += 1;
+                        table
+                    }
+                    None => Dxr::build(after.iter().map(|(p, r)| (*p, *r))).pack(),
+                };
+                before = after;
+            }
+        }
+        assert!(patches >= 48, "most changes patch ({patches} of 96)");
+    }
+
+    #[test]
+    fn a_full_palette_leaves_new_results_to_slices() {
+        let mut seed = 99;
+        let results: Vec<u32> = (1..=40).collect();
+        let before = random_policy(&mut seed, 300, &results[..20]);
+        let live = Dxr::build(before.iter().map(|(p, r)| (*p, *r))).pack();
+        assert_eq!(
+            live.palette.len(),
+            dxr::PALETTE as usize,
+            "20 results fill the palette"
+        );
+        let mut after = before.clone();
+        for (i, (p, v)) in after.iter_mut().enumerate() {
+            if i % 3 == 0 && p.prefix_len() >= 16 {
+                *v = results[20 + i % 20];
+            }
+        }
+        let table = patched(&live, &before, &after, &mut seed).expect("a small change patches");
+        assert_eq!(
+            table.palette[..],
+            live.palette[..],
+            "slots in use keep their results"
+        );
+    }
+
+    #[test]
+    fn a_change_over_too_many_chunks_is_left_to_a_whole_build() {
+        let before: BTreeMap<Ipv4Net, u32> = [(net("10.0.0.0/8"), 1)].into();
+        let live = Dxr::build(before.iter().map(|(p, r)| (*p, *r))).pack();
+        let after: BTreeMap<Ipv4Net, u32> = [(net("0.0.0.0/1"), 1)].into();
+        let wide: Vec<Ipv4Net> = after.keys().copied().collect();
+        assert!(patch(&live, &after, &wide, |r| *r, [net("0.0.0.0/1")]).is_none());
+        assert!(
+            patch(
+                &Packed::default(),
+                &after,
+                &wide,
+                |r| *r,
+                [net("10.0.0.0/8")]
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn patched_ipv6_tables_agree_with_a_naive_matcher() {
+        use std::net::Ipv6Addr;
+        let mut seed = 0xabc;
+        let anchor = u128::from(next(&mut seed)) << 64 | u128::from(next(&mut seed));
+        let random = |seed: &mut u64| {
+            let len = (next(seed) % 129) as u8;
+            let base = anchor ^ (u128::from(next(seed)) << (next(seed) % 64));
+            Ipv6Net::new(Ipv6Addr::from(base), len)
+                .expect("len")
+                .trunc()
+        };
+        let mut before: BTreeMap<Ipv6Net, u32> = BTreeMap::new();
+        for _ in 0..150 {
+            let p = random(&mut seed);
+            before.insert(p, 1 + (next(&mut seed) % 4) as u32);
+        }
+        let mut live = Dxr::build_v6(before.iter().map(|(p, r)| (*p, *r))).pack();
+        for _ in 0..6 {
+            let mut after = before.clone();
+            let mut changed = Vec::new();
+            for _ in 0..5 {
+                let p = random(&mut seed);
+                if p.prefix_len() > 20 {
+                    after.insert(p, 1 + (next(&mut seed) % 4) as u32);
+                    changed.push(p);
+                }
+                if let Some(k) = after
+                    .keys()
+                    .nth((next(&mut seed) as usize) % after.len())
+                    .copied()
+                {
+                    after.remove(&k);
+                    changed.push(k);
+                }
+            }
+            let wide: Vec<Ipv6Net> = after
+                .keys()
+                .filter(|p| p.prefix_len() <= 20)
+                .copied()
+                .collect();
+            live = patch(&live, &after, &wide, |r| *r, changed).expect("small change");
+            let mut probes = vec![0u128, u128::MAX, anchor];
+            for p in after.keys().chain(before.keys()) {
+                let (s, e) = (u128::from(p.network()), u128::from(p.broadcast()));
+                probes.extend([s, e, s.wrapping_sub(1), e.wrapping_add(1)]);
+            }
+            for a in probes {
+                let want = after
+                    .iter()
+                    .filter(|(p, _)| p.contains(&Ipv6Addr::from(a)))
+                    .max_by_key(|(p, _)| p.prefix_len())
+                    .map_or(0, |(_, r)| *r);
+                assert_eq!(live.lookup(a, 128), want, "address {}", Ipv6Addr::from(a));
+            }
+            before = after;
         }
     }
 

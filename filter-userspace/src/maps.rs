@@ -150,7 +150,7 @@ impl<T: Pod> Drop for MmapArray<T> {
 
 /// An address family's range table and record encodings.
 pub trait Family {
-    type Net: Copy + Ord + std::fmt::Display;
+    type Net: crate::dxr::Span + std::fmt::Display;
     /// A direct-table entry as the program's map holds it.
     type Direct: Pod;
     /// A range as the program's map holds it.
@@ -172,6 +172,10 @@ pub trait Family {
     /// A direct entry as the map holds it, a slice's first index moved by `base` (the copy's
     /// start in the range map).
     fn direct(chunk: &Chunk, base: u64) -> Self::Direct;
+    /// The chunk a direct entry holds, a slice's first index relative to the copy again.
+    fn undirect(d: &Self::Direct, base: u64) -> Chunk;
+    /// A range's first address and result.
+    fn unrange(r: &Self::Range) -> (u128, u32);
     fn record(net: &Self::Net, rule_id: u32) -> Self::Record;
     fn unrecord(r: &Self::Record) -> Option<(Self::Net, u32)>;
     fn contains(net: &Self::Net, addr: std::net::IpAddr) -> bool;
@@ -206,6 +210,19 @@ impl Family for V4 {
         } else {
             *chunk
         }
+    }
+    fn undirect(d: &Chunk, base: u64) -> Chunk {
+        if d.kind() == Chunk::SLICE {
+            Chunk {
+                hi: d.hi.wrapping_sub(base),
+                ..*d
+            }
+        } else {
+            *d
+        }
+    }
+    fn unrange(r: &u64) -> (u128, u32) {
+        (u128::from((r >> 32) as u32), *r as u32)
     }
     fn record(net: &Ipv4Net, rule_id: u32) -> u64 {
         filter_common::dxr::record(u32::from(net.network()), net.prefix_len(), rule_id)
@@ -245,6 +262,19 @@ impl Family for V6 {
         } else {
             filter_common::dxr::slice((chunk.hi + base) as u32, (chunk.lo >> 32) as u32)
         }
+    }
+    fn undirect(d: &u64, base: u64) -> Chunk {
+        if d & filter_common::dxr::LEAF != 0 {
+            Chunk::leaf(*d as u32)
+        } else {
+            Chunk::slice(u64::from(*d as u32).wrapping_sub(base), (d >> 32) as u32)
+        }
+    }
+    fn unrange(r: &Range6) -> (u128, u32) {
+        (
+            (u128::from(r.start_hi) << 64) | u128::from(r.start_lo),
+            r.value as u32,
+        )
     }
     fn record(net: &Ipv6Net, rule_id: u32) -> Range6 {
         let a = u128::from(net.network());
@@ -378,6 +408,56 @@ impl<F: Family> Ranges<F> {
             // A slice's first index is relative to the copy: the program indexes the whole map.
             *slot = F::direct(chunk, base as u64);
         }
+    }
+
+    /// One direction's table in copy `copy`, as `write` left it: what `apply` patches when a
+    /// change is small (`dxr::patch`). Its ranges are gathered chunk by chunk, so the result is
+    /// a table of its own whatever the layout of the map. `None` when a slice points outside
+    /// the map (not a table `write` made).
+    pub fn read(&self, copy: u32, direction: u8) -> Option<crate::dxr::Packed> {
+        let base = copy as u64 * self.capacity(direction) as u64;
+        let table_index = (copy * 2 + u32::from(direction)) as usize;
+        let all = if direction == filter_common::direction::SRC {
+            self.src.as_slice()
+        } else {
+            self.dst.as_slice()
+        };
+        let at = table_index * F::CHUNKS;
+        let (mut starts, mut results) = (Vec::new(), Vec::new());
+        let mut direct = Vec::with_capacity(F::CHUNKS);
+        for d in &self.direct.as_slice()[at..at + F::CHUNKS] {
+            let chunk = F::undirect(d, base);
+            if chunk.kind() != Chunk::SLICE {
+                direct.push(chunk);
+                continue;
+            }
+            let first = chunk.hi.wrapping_add(base) as usize;
+            let count = (chunk.lo >> 32) as usize;
+            direct.push(Chunk::slice(starts.len() as u64, count as u32));
+            for r in all.get(first..first.checked_add(count)?)? {
+                let (start, result) = F::unrange(r);
+                starts.push(start);
+                results.push(result);
+            }
+        }
+        // The palette's results, then zeros: a second zero is a slot never filled.
+        let mut palette: Vec<u32> = Vec::new();
+        if let Some(slots) = &self.palette {
+            let width = filter_common::dxr::PALETTE as usize;
+            for &r in &slots.as_slice()[table_index * width..][..width] {
+                if palette.contains(&(r as u32)) {
+                    break;
+                }
+                palette.push(r as u32);
+            }
+        }
+        Some(crate::dxr::Packed::from_parts(
+            <F::Net as crate::dxr::Span>::BITS - <F::Net as crate::dxr::Span>::DIRECT_BITS,
+            direct,
+            palette,
+            starts,
+            results,
+        ))
     }
 
     fn memory(&self) -> Result<Vec<(&'static str, u64)>, MapsError> {
@@ -520,7 +600,12 @@ impl Maps {
 
     /// The copy of the tables the program uses now.
     pub fn active(&self) -> Result<u32, MapsError> {
-        Ok(self.active.get(&0, 0).map_err(op(names::ACTIVE))? & filter_common::active::COPY)
+        Ok(self.active_word()? & filter_common::active::COPY)
+    }
+
+    /// `EB_ACTIVE` whole: the copy in use and which of its tables hold prefixes.
+    pub fn active_word(&self) -> Result<u32, MapsError> {
+        self.active.get(&0, 0).map_err(op(names::ACTIVE))
     }
 
     /// The prefixes and entries of a direction the active copy was built from.
