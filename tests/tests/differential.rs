@@ -250,6 +250,23 @@ struct PolicySpec {
 }
 
 impl PolicySpec {
+    /// A small edit of this policy, taking new prefixes from `fresh`: each rule loses its
+    /// last prefix when it has more than one, and one rule gains `fresh`'s first prefix. The
+    /// rules keep their names (their places), so the rest of their prefixes stay as they were.
+    fn edited(&self, fresh: &PolicySpec) -> PolicySpec {
+        let mut edit = self.clone();
+        for (i, rule) in edit.rules.iter_mut().enumerate() {
+            if rule.prefixes.len() > 1 && i % 2 == 0 {
+                rule.prefixes.pop();
+            }
+        }
+        let new = fresh.rules.iter().flat_map(|r| r.prefixes.first()).next();
+        if let (Some(&p), Some(rule)) = (new, edit.rules.last_mut()) {
+            rule.prefixes.push(p);
+        }
+        edit
+    }
+
     /// The rules in policy order: the independent ones, then the carved ones.
     fn all_rules(&self) -> Vec<RuleSpec> {
         let carved = self.carves.iter().filter_map(|carve| {
@@ -1009,11 +1026,19 @@ fn program_agrees_with_the_reference() {
         TestRng::from_seed(RngAlgorithm::ChaCha, &seed),
     );
     let seen: RefCell<BTreeMap<String, u64>> = RefCell::new(BTreeMap::new());
+    let mut before: Option<PolicySpec> = None;
     for index in 0..settings.policies {
         let tree = policy_spec()
             .new_tree(&mut policies)
             .unwrap_or_else(|e| panic!("cannot generate a policy: {e}"));
-        let spec = tree.current();
+        // Every third policy is a small edit of the one before it: most of the tables then
+        // stay as they were, which is what `apply` patches rather than builds (`dxr::patch`).
+        let edit = match &before {
+            Some(last) if index % 3 == 2 => Some(last.edited(&tree.current())),
+            _ => None,
+        };
+        let spec = edit.clone().unwrap_or_else(|| tree.current());
+        let previous = before.replace(spec.clone());
         let applied = apply(&mut harness.borrow_mut(), &spec.to_toml());
         let frames = case(&Pools::new(&spec));
         let mut runner =
@@ -1033,6 +1058,20 @@ fn program_agrees_with_the_reference() {
             Err(TestError::Abort(why)) => panic!("proptest gave up: {why}"),
             Err(TestError::Fail(why, case)) => (why, case),
         };
+        // An edit's tables came from those of the policy before it: it is reported whole,
+        // with that policy, as shrinking either alone would lose the failure.
+        if let (Some(edit), Some(previous)) = (&edit, &previous) {
+            report_failure(
+                &settings,
+                index,
+                &format!(
+                    "{why}\n(applied as an edit of this policy, applied just before it:)\n{}",
+                    previous.to_toml()
+                ),
+                &case,
+                &edit.to_toml(),
+            )
+        }
         // The frame is as small as proptest could make it under this policy; now make the
         // policy as small as possible under that frame (the harness then holds whatever was
         // applied last, which no longer matters: the test fails here).
