@@ -250,9 +250,10 @@ struct PolicySpec {
 }
 
 impl PolicySpec {
-    /// A small edit of this policy, taking new prefixes from `fresh`: each rule loses its
-    /// last prefix when it has more than one, and one rule gains `fresh`'s first prefix. The
-    /// rules keep their names (their places), so the rest of their prefixes stay as they were.
+    /// A small edit of this policy, taking a new prefix from `fresh`: every other rule loses
+    /// its last prefix when it has more than one, and the last rule gains `fresh`'s first
+    /// prefix. The rules keep their names (their places), so the rest of their prefixes stay
+    /// as they were.
     fn edited(&self, fresh: &PolicySpec) -> PolicySpec {
         let mut edit = self.clone();
         for (i, rule) in edit.rules.iter_mut().enumerate() {
