@@ -135,19 +135,8 @@ impl Dxr {
         if self.chunk_bits() > dxr::BOUND_BITS {
             return Palette::new(Vec::new());
         }
-        let mut counts = ByResult::new(0u32);
-        for w in self.direct.windows(2) {
-            let (lo, hi) = (w[0] as usize, w[1] as usize);
-            if (2..=dxr::INLINE_BOUNDS + 1).contains(&(hi - lo)) {
-                for &r in &self.results[lo..hi] {
-                    *counts.get_mut(r) += 1;
-                }
-            }
-        }
-        let mut ranked = counts.into_vec();
-        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        ranked.truncate(dxr::PALETTE as usize);
-        Palette::new(ranked.into_iter().map(|(r, _)| r).collect())
+        let chunks = (self.direct.windows(2)).map(|w| &self.results[w[0] as usize..w[1] as usize]);
+        Palette::new(most_frequent(chunks, |_| false, dxr::PALETTE as usize))
     }
 
     /// The form the maps hold: one-result chunks as leaves, chunks of up to
@@ -315,7 +304,12 @@ pub fn patch<P: Span, V>(
         let (first, last) = p.span();
         dirty.extend((first >> chunk_bits) as usize..=(last >> chunk_bits) as usize);
         if dirty.len() > chunks / PATCH_LIMIT {
-            return None;
+            // Many changes may share chunks: only distinct chunks count.
+            dirty.sort_unstable();
+            dirty.dedup();
+            if dirty.len() > chunks / PATCH_LIMIT {
+                return None;
+            }
         }
     }
     dirty.sort_unstable();
@@ -323,7 +317,8 @@ pub fn patch<P: Span, V>(
 
     // Each dirty chunk cut again: the wide prefixes holding it (a stack walked along the
     // ascending chunks), then the prefixes inside it.
-    let mut cuts: Vec<(usize, Vec<(u128, u32)>)> = Vec::with_capacity(dirty.len());
+    // (chunk, (starts, results))
+    let mut cuts = Vec::with_capacity(dirty.len());
     let mut holding: Vec<(u128, u128, u32)> = Vec::new();
     let mut next_wide = wide.iter().peekable();
     for &c in &dirty {
@@ -345,38 +340,28 @@ pub fn patch<P: Span, V>(
                 let (first, last) = p.span();
                 (first, last, result(v))
             });
-        let mut ranges: Vec<(u128, u32)> = Vec::new();
+        let (mut starts, mut results) = (Vec::new(), Vec::new());
         cut(
             lo,
             hi,
             holding.iter().copied().chain(inside),
             |from, _, r| {
-                if ranges.last().is_none_or(|l| l.1 != r) {
-                    ranges.push((from, r));
+                if results.last() != Some(&r) {
+                    starts.push(from);
+                    results.push(r);
                 }
             },
         );
-        cuts.push((c, ranges));
+        cuts.push((c, (starts, results)));
     }
 
     // New results for the palette, most frequent first, while it has room.
     let mut palette = live.palette.clone();
     if chunk_bits <= dxr::BOUND_BITS {
         let known = Palette::new(palette.clone());
-        let mut counts = ByResult::new(0u32);
-        for (_, ranges) in &cuts {
-            if (2..=dxr::INLINE_BOUNDS + 1).contains(&ranges.len()) {
-                for &(_, r) in ranges {
-                    if known.slot(r).is_none() {
-                        *counts.get_mut(r) += 1;
-                    }
-                }
-            }
-        }
-        let mut ranked = counts.into_vec();
-        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let room = (dxr::PALETTE as usize).saturating_sub(palette.len());
-        palette.extend(ranked.into_iter().take(room).map(|(r, _)| r));
+        let chunks = cuts.iter().map(|(_, c)| c.1.as_slice());
+        palette.extend(most_frequent(chunks, |r| known.slot(r).is_some(), room));
     }
     let palette = Palette::new(palette);
 
@@ -386,13 +371,9 @@ pub fn patch<P: Span, V>(
         ..Packed::default()
     };
     let mut cuts = cuts.into_iter().peekable();
-    let (mut starts, mut results, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+    let mut slots = Vec::new();
     for (c, chunk) in live.direct.iter().enumerate() {
-        if let Some((_, ranges)) = cuts.next_if(|(d, _)| *d == c) {
-            starts.clear();
-            results.clear();
-            starts.extend(ranges.iter().map(|r| r.0));
-            results.extend(ranges.iter().map(|r| r.1));
+        if let Some((_, (starts, results))) = cuts.next_if(|(d, _)| *d == c) {
             out.push_chunk(&starts, &results, &palette, &mut slots);
         } else if chunk.kind() == Chunk::SLICE {
             let (first, count) = (chunk.hi as usize, (chunk.lo >> 32) as usize);
@@ -404,6 +385,25 @@ pub fn patch<P: Span, V>(
     }
     out.palette = palette.results;
     Some(out)
+}
+
+/// The `n` results most frequent among the chunks (each given as its ranges' results) that
+/// could be inline (2 to `dxr::INLINE_BOUNDS + 1` ranges), leaving out those `skip` names;
+/// ties to the lower result.
+fn most_frequent<'a>(
+    chunks: impl Iterator<Item = &'a [u32]>,
+    skip: impl Fn(u32) -> bool,
+    n: usize,
+) -> Vec<u32> {
+    let mut counts = ByResult::new(0u32);
+    for results in chunks.filter(|r| (2..=dxr::INLINE_BOUNDS + 1).contains(&r.len())) {
+        for &r in results.iter().filter(|&&r| !skip(r)) {
+            *counts.get_mut(r) += 1;
+        }
+    }
+    let mut ranked = counts.into_vec();
+    ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.into_iter().take(n).map(|(r, _)| r).collect()
 }
 
 /// A value per result: in an array for enforced references alone (below 2^16, nearly every
