@@ -1337,6 +1337,19 @@ impl Candidate {
     }
 }
 
+/// Every repeated key, as (its position, the position of its first occurrence), in the
+/// order of position. Sorting finds them without hashing a million prefixes.
+fn repeated<K: Ord + Copy>(keys: impl Iterator<Item = K>) -> Vec<(usize, usize)> {
+    let mut sorted: Vec<(K, usize)> = keys.enumerate().map(|(i, k)| (k, i)).collect();
+    sorted.sort_unstable();
+    let mut out: Vec<(usize, usize)> = sorted
+        .chunk_by(|a, b| a.0 == b.0)
+        .flat_map(|run| run[1..].iter().map(|&(_, again)| (again, run[0].1)))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 /// Byte offset -> 1-based line, by binary search over line starts.
 struct LineIndex {
     starts: Vec<usize>,
@@ -1584,25 +1597,21 @@ impl Validator<'_> {
             });
         }
 
-        // Sized up front and holding indexes into `prefixes`: a million-line list costs no
-        // rehash and no location clone.
-        let mut seen: HashMap<IpNet, usize> =
-            HashMap::with_capacity_and_hasher(entries.len(), Default::default());
-        let mut prefixes: Vec<PrefixEntry> = Vec::with_capacity(entries.len());
-        for entry in entries {
-            match seen.entry(entry.net) {
-                Entry::Occupied(first) => self.notes.push(Note::DuplicateInRule {
-                    rule: name.clone(),
-                    net: entry.net,
-                    first: prefixes[*first.get()].location.clone(),
-                    again: entry.location,
-                }),
-                Entry::Vacant(slot) => {
-                    slot.insert(prefixes.len());
-                    prefixes.push(entry);
-                }
-            }
+        let mut keep = vec![true; entries.len()];
+        for (again, first) in repeated(entries.iter().map(|e| e.net)) {
+            keep[again] = false;
+            self.notes.push(Note::DuplicateInRule {
+                rule: name.clone(),
+                net: entries[again].net,
+                first: entries[first].location.clone(),
+                again: entries[again].location.clone(),
+            });
         }
+        let prefixes: Vec<PrefixEntry> = entries
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(entry, keep)| keep.then_some(entry))
+            .collect();
 
         Candidate {
             name,
@@ -1891,30 +1900,50 @@ impl Validator<'_> {
     fn check_across_rules(&mut self, candidates: &[Candidate]) {
         let live: Vec<&Candidate> = candidates.iter().filter(|c| !c.expired).collect();
 
-        let total = live.iter().map(|c| c.prefixes.len()).sum();
-        let mut owner: HashMap<(Direction, IpNet), (&Candidate, &Location)> =
-            HashMap::with_capacity_and_hasher(total, Default::default());
-        for &c in &live {
-            let Some(direction) = c.direction else {
+        let mut counts: HashMap<(Direction, bool), usize> = HashMap::default();
+        for direction in [Direction::Dst, Direction::Src] {
+            let rules: Vec<&Candidate> = live
+                .iter()
+                .copied()
+                .filter(|c| c.direction == Some(direction))
+                .collect();
+            let all = || rules.iter().flat_map(|c| &c.prefixes);
+            for entry in all() {
+                *counts
+                    .entry((direction, matches!(entry.net, IpNet::V4(_))))
+                    .or_default() += 1;
+            }
+            // Prefixes are unique within a rule, so one rule cannot clash with itself.
+            if rules.len() < 2 {
                 continue;
+            }
+            // Positions in the rules' prefixes laid end to end.
+            let starts: Vec<usize> = rules
+                .iter()
+                .scan(0, |next, c| {
+                    let start = *next;
+                    *next += c.prefixes.len();
+                    Some(start)
+                })
+                .collect();
+            let at = |position: usize| {
+                // Rules without prefixes share their start with the next rule: take the last.
+                let r = starts.partition_point(|&s| s <= position) - 1;
+                (rules[r], &rules[r].prefixes[position - starts[r]])
             };
-            for entry in &c.prefixes {
-                match owner.entry((direction, entry.net)) {
-                    Entry::Occupied(first) => {
-                        let (first_rule, first) = *first.get();
-                        self.errors.push(PolicyError::DuplicatePrefix {
-                            net: entry.net,
-                            direction,
-                            first: first.clone(),
-                            first_rule: first_rule.name.clone(),
-                            second: entry.location.clone(),
-                            second_rule: c.name.clone(),
-                        });
-                    }
-                    Entry::Vacant(slot) => {
-                        slot.insert((c, &entry.location));
-                    }
-                }
+            for (again, first) in repeated(all().map(|e| e.net)) {
+                let ((rule, entry), (first_rule, first)) = (at(again), at(first));
+                *counts
+                    .entry((direction, matches!(entry.net, IpNet::V4(_))))
+                    .or_default() -= 1;
+                self.errors.push(PolicyError::DuplicatePrefix {
+                    net: entry.net,
+                    direction,
+                    first: first.location.clone(),
+                    first_rule: first_rule.name.clone(),
+                    second: entry.location.clone(),
+                    second_rule: rule.name.clone(),
+                });
             }
         }
 
@@ -1926,11 +1955,6 @@ impl Validator<'_> {
             });
         }
 
-        // One pass over the owners: (direction, is IPv4) -> distinct prefixes.
-        let mut counts: HashMap<(Direction, bool), usize> = HashMap::default();
-        for (d, net) in owner.keys() {
-            *counts.entry((*d, matches!(net, IpNet::V4(_)))).or_default() += 1;
-        }
         for direction in [Direction::Dst, Direction::Src] {
             for (family, v4, max) in [
                 ("IPv4", true, MAX_V4_PREFIXES),
@@ -2388,6 +2412,50 @@ prefixes = ["198.51.100.0/24", "203.0.113.0/24"]
             e,
             "policy.toml:9: rule \"second\": 203.0.113.0/24 is already in rule \"first\" at \
              policy.toml:4; a prefix can belong to only one dst rule"
+        );
+    }
+
+    #[test]
+    fn duplicates_across_many_rules_each_name_the_first_owner_in_written_order() {
+        let text = r#"[[rule]]
+name = "a"
+action = "drop"
+prefixes = ["192.0.2.1", "192.0.2.2", "2001:db8::1"]
+
+[[rule]]
+name = "empty"
+action = "drop"
+prefixes = []
+
+[[rule]]
+name = "from"
+direction = "src"
+action = "drop"
+prefixes = ["192.0.2.3"]
+
+[[rule]]
+name = "c"
+action = "drop"
+prefixes = ["192.0.2.2", "2001:db8::1", "192.0.2.3", "192.0.2.1", "192.0.2.3"]
+
+[[rule]]
+name = "d"
+action = "pass"
+prefixes = ["192.0.2.3"]
+"#;
+        let clashes: Vec<String> = errors(text)
+            .into_iter()
+            .filter(|e| e.contains("is already in rule"))
+            .map(|e| e.split(';').next().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(
+            clashes,
+            [
+                "policy.toml:20: rule \"c\": 192.0.2.2/32 is already in rule \"a\" at policy.toml:4",
+                "policy.toml:20: rule \"c\": 2001:db8::1/128 is already in rule \"a\" at policy.toml:4",
+                "policy.toml:20: rule \"c\": 192.0.2.1/32 is already in rule \"a\" at policy.toml:4",
+                "policy.toml:25: rule \"d\": 192.0.2.3/32 is already in rule \"c\" at policy.toml:20",
+            ]
         );
     }
 
