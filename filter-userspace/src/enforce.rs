@@ -2,7 +2,7 @@
 //! policy, compile, check for lockout and resolve the notice targets, so that `edgeblock
 //! apply`, `block`, `unblock` and the daemon refuse exactly the same things.
 
-use std::{io, path::Path, time::Duration};
+use std::{borrow::Cow, io, path::Path, time::Duration};
 
 use filter_common::NoticeTarget;
 use jiff::Timestamp;
@@ -13,7 +13,7 @@ use crate::{
     lockout::{HostAddrs, LockoutError, check},
     neigh::{NeighError, resolve},
     policy::Policy,
-    runtime::{RuntimeBlock, RuntimeError, merge, merge_keeps_rules},
+    runtime::{RuntimeBlock, RuntimeError, check_reserved, merge, merge_keeps_rules},
 };
 
 /// How long to wait for the kernel to resolve a notice target's next hop.
@@ -31,9 +31,10 @@ pub enum EnforceError {
 
 /// A policy with its runtime layer, compiled and checked against this host, ready for
 /// [`crate::apply::apply`].
-pub struct Prepared {
-    /// The policy file's rules plus the runtime blocks.
-    pub merged: Policy,
+pub struct Prepared<'p> {
+    /// The policy file's rules plus the runtime blocks; the policy itself, not a copy of its
+    /// million prefixes, when there are no blocks and no rule has expired.
+    pub merged: Cow<'p, Policy>,
     pub compiled: Compiled,
     /// `targets[i]` is `compiled.notices[i]`, resolved.
     pub targets: Vec<NoticeTarget>,
@@ -43,29 +44,35 @@ pub struct Prepared {
 
 /// Merge `blocks` (read from `blocks_file`) onto `policy` at `now`, compile, check for
 /// lockout on this host and resolve the notice targets. Touches no map.
-pub fn prepare(
-    policy: &Policy,
+pub fn prepare<'p>(
+    policy: &'p Policy,
     blocks: &[RuntimeBlock],
     blocks_file: &Path,
     now: Timestamp,
-) -> Result<Prepared, EnforceError> {
+) -> Result<Prepared<'p>, EnforceError> {
     prepare_compiled(policy, None, blocks, blocks_file, now)
 }
 
 /// [`prepare`] for a caller that has compiled `policy` already (`edgeblock apply` hashes it
 /// before anything else): when the runtime layer changes nothing at `now`, that compilation
 /// is the merged policy's and is used rather than made again.
-pub fn prepare_compiled(
-    policy: &Policy,
+pub fn prepare_compiled<'p>(
+    policy: &'p Policy,
     compiled: Option<Compiled>,
     blocks: &[RuntimeBlock],
     blocks_file: &Path,
     now: Timestamp,
-) -> Result<Prepared, EnforceError> {
-    let merged = merge(policy, blocks, blocks_file, now)?;
-    let compiled = match compiled {
-        Some(c) if merge_keeps_rules(policy, blocks, now) => c,
-        _ => compile(&merged),
+) -> Result<Prepared<'p>, EnforceError> {
+    let (merged, compiled) = if merge_keeps_rules(policy, blocks, now) {
+        check_reserved(policy)?;
+        (
+            Cow::Borrowed(policy),
+            compiled.unwrap_or_else(|| compile(policy)),
+        )
+    } else {
+        let merged = merge(policy, blocks, blocks_file, now)?;
+        let compiled = compile(&merged);
+        (Cow::Owned(merged), compiled)
     };
     let host = HostAddrs::discover().map_err(EnforceError::Host)?;
     let lockout = check(&compiled, &host, &merged.protect);

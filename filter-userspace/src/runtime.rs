@@ -245,6 +245,22 @@ pub fn merge_keeps_rules(policy: &Policy, blocks: &[RuntimeBlock], now: Timestam
             .all(|r| r.expires.is_none_or(|e| e > now))
 }
 
+/// Rule names starting with [`RULE_PREFIX`] belong to the runtime layer; a policy file may
+/// not use them, with or without blocks in force.
+pub fn check_reserved(policy: &Policy) -> Result<(), RuntimeError> {
+    match policy
+        .rules
+        .iter()
+        .find(|r| r.name.starts_with(RULE_PREFIX))
+    {
+        Some(rule) => Err(RuntimeError::ReservedName {
+            location: rule.location.clone(),
+            name: rule.name.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The policy with the unexpired `blocks` (from `file`) in front of its rules and the rules
 /// expired at `now` left out. Each block's location is its line in `file`.
 pub fn merge(
@@ -253,16 +269,7 @@ pub fn merge(
     file: &Path,
     now: Timestamp,
 ) -> Result<Policy, RuntimeError> {
-    if let Some(rule) = policy
-        .rules
-        .iter()
-        .find(|r| r.name.starts_with(RULE_PREFIX))
-    {
-        return Err(RuntimeError::ReservedName {
-            location: rule.location.clone(),
-            name: rule.name.clone(),
-        });
-    }
+    check_reserved(policy)?;
     let mut groups: std::collections::BTreeMap<(BlockAction, BlockDirection), Vec<PrefixEntry>> =
         Default::default();
     for (i, b) in blocks.iter().enumerate() {
@@ -306,10 +313,19 @@ pub fn merge(
             .filter(|r| r.expires.is_none_or(|e| e > now))
             .cloned(),
     );
+    // Field by field: `..policy.clone()` would copy every rule only to drop the copies.
     Ok(Policy {
+        path: policy.path.clone(),
+        malformed: policy.malformed,
+        protect: policy.protect.clone(),
         rules,
+        notices: policy.notices.clone(),
+        reject_rate: policy.reject_rate,
+        reject_burst: policy.reject_burst,
+        mode: policy.mode,
+        require_reference: policy.require_reference,
+        signatures_required: policy.signatures_required,
         notes: Vec::new(),
-        ..policy.clone()
     })
 }
 
