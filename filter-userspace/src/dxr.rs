@@ -20,7 +20,7 @@
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use filter_common::{Chunk, Range6, dxr};
 
@@ -278,18 +278,18 @@ impl Span for Ipv6Net {
 /// alone; past it, a whole build costs about the same.
 const PATCH_LIMIT: usize = 8;
 
-/// The table of `desired` made from `live`, the packed table of a policy that differs from
-/// `desired` only in the prefixes `changed` (added, removed, or with another result): the
+/// The table of `desired` (sorted by prefix, each once) made from `live`, the packed table of
+/// a policy that differs from `desired` only in the prefixes `changed` (added, removed, or with another result): the
 /// chunks those prefixes touch are cut again from `desired`, every other chunk is copied, and
 /// the ranges are laid out afresh, so nothing a past patch left grows. `wide` lists `desired`'s
-/// prefixes of at most `P::DIRECT_BITS` bits (which hold whole chunks) in map order; `result`
+/// prefixes of at most `P::DIRECT_BITS` bits (which hold whole chunks) in that order; `result`
 /// gives a prefix's result. The palette keeps its results in their slots (unchanged inline
 /// chunks name them) and takes new ones while it has room; a chunk whose results are not in
 /// it is a slice. `None` when the change touches too many chunks (or `live` is not a table of
 /// this family): build the whole table instead.
 pub fn patch<P: Span, V>(
     live: &Packed,
-    desired: &BTreeMap<P, V>,
+    desired: &[(P, V)],
     wide: &[P],
     result: impl Fn(&V) -> u32,
     changed: impl IntoIterator<Item = P>,
@@ -329,13 +329,19 @@ pub fn patch<P: Span, V>(
             while holding.last().is_some_and(|h| h.1 < first) {
                 holding.pop();
             }
-            holding.push((first, last, desired.get(p).map_or(0, &result)));
+            let found = desired.binary_search_by(|(q, _)| q.cmp(p)).ok();
+            holding.push((first, last, found.map_or(0, |i| result(&desired[i].1))));
         }
         while holding.last().is_some_and(|h| h.1 < lo) {
             holding.pop();
         }
-        let inside = desired
-            .range(P::at(lo, (P::DIRECT_BITS + 1) as u8)..=P::at(hi, P::BITS as u8))
+        let (from, to) = (
+            P::at(lo, (P::DIRECT_BITS + 1) as u8),
+            P::at(hi, P::BITS as u8),
+        );
+        let inside = desired[desired.partition_point(|(p, _)| *p < from)..]
+            .iter()
+            .take_while(|(p, _)| *p <= to)
             .map(|(p, v)| {
                 let (first, last) = p.span();
                 (first, last, result(v))
@@ -994,6 +1000,11 @@ mod tests {
         results[(next(seed) % results.len() as u64) as usize]
     }
 
+    /// A map's entries as the sorted slice `patch` takes.
+    fn sorted<P: Copy, V: Copy>(map: &BTreeMap<P, V>) -> Vec<(P, V)> {
+        map.iter().map(|(p, v)| (*p, *v)).collect()
+    }
+
     /// Patch `live` (the table of `before`) into the table of `after`, and check it against
     /// a naive matcher and a whole build at the edges of every prefix of both.
     fn patched(
@@ -1013,7 +1024,7 @@ mod tests {
             .filter(|p| p.prefix_len() <= dxr::V4_DIRECT_BITS as u8)
             .copied()
             .collect();
-        let table = patch(live, after, &wide, |r| *r, changed)?;
+        let table = patch(live, &sorted(after), &wide, |r| *r, changed)?;
         let whole = Dxr::build(after.iter().map(|(p, r)| (*p, *r))).pack();
         let mut addrs = probes(after, seed);
         addrs.extend(probes(before, seed));
@@ -1111,6 +1122,7 @@ mod tests {
         let live = Dxr::build(before.iter().map(|(p, r)| (*p, *r))).pack();
         let after: BTreeMap<Ipv4Net, u32> = [(net("0.0.0.0/1"), 1)].into();
         let wide: Vec<Ipv4Net> = after.keys().copied().collect();
+        let after = sorted(&after);
         assert!(patch(&live, &after, &wide, |r| *r, [net("0.0.0.0/1")]).is_none());
         assert!(
             patch(
@@ -1165,7 +1177,7 @@ mod tests {
                 .filter(|p| p.prefix_len() <= 20)
                 .copied()
                 .collect();
-            live = patch(&live, &after, &wide, |r| *r, changed).expect("small change");
+            live = patch(&live, &sorted(&after), &wide, |r| *r, changed).expect("small change");
             let mut probes = vec![0u128, u128::MAX, anchor];
             for p in after.keys().chain(before.keys()) {
                 let (s, e) = (u128::from(p.network()), u128::from(p.broadcast()));

@@ -608,34 +608,43 @@ impl Maps {
         self.active.get(&0, 0).map_err(op(names::ACTIVE))
     }
 
-    /// The prefixes and entries of a direction the active copy was built from.
+    /// The prefixes and entries of a direction the active copy was built from, in ascending
+    /// order of prefix, each once.
     pub fn record<F: Family>(
         &self,
         ranges: &Ranges<F>,
         direction: u8,
-    ) -> Result<BTreeMap<F::Net, RuleEntry>, MapsError> {
+    ) -> Result<Vec<(F::Net, RuleEntry)>, MapsError> {
         let copy = self.active()?;
-        let mut entries: BTreeMap<u32, RuleEntry> = BTreeMap::new();
+        // Each rule's entry read once, looked up by id for every prefix of the rule.
+        let mut entries: Vec<Option<RuleEntry>> = vec![None; MAX_RULES as usize];
         let mut out = Vec::new();
         for r in ranges.record_slice(copy, direction) {
             let Some((net, id)) = F::unrecord(r) else {
                 continue;
             };
-            let entry = match entries.get(&id) {
-                Some(e) => *e,
+            let entry = match entries.get(id as usize).copied().flatten() {
+                Some(e) => e,
                 None => {
                     let e = self
                         .results
                         .get(&(copy * MAX_RULES + id), 0)
                         .map_err(op(names::RESULTS))?;
-                    entries.insert(id, e);
+                    if let Some(slot) = entries.get_mut(id as usize) {
+                        *slot = Some(e);
+                    }
                     e
                 }
             };
             out.push((net, entry));
         }
-        // The record is in ascending order: collecting builds the tree in one pass.
-        Ok(out.into_iter().collect())
+        // Written in ascending order; a record that is not (a fault, another writer) is put
+        // in order here, as the tree this used to be collected into did.
+        if !out.is_sorted_by(|a, b| a.0 < b.0) {
+            out.sort_by_key(|e| e.0);
+            out.dedup_by_key(|e| e.0);
+        }
+        Ok(out)
     }
 
     /// Prefixes of a direction in the active copy.
