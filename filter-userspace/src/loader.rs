@@ -194,6 +194,31 @@ impl Filter {
         Self::open(pins)
     }
 
+    /// Load the program and create its maps without pinning anything, for a first `apply` to
+    /// do while it validates its policy: the kernel zeroes the maps' memory (236 MiB) and
+    /// verifies the program meanwhile. Nothing is visible until [`Filter::install`]; dropping
+    /// the result unloads it all, so a refused policy leaves nothing behind.
+    pub fn preload() -> Result<Loaded, LoaderError> {
+        load(None)
+    }
+
+    /// [`Filter::load_or_open`], using `loaded` (from [`Filter::preload`]) when nothing at
+    /// all is pinned under `pins` and no interface runs an unpinned program: a root with
+    /// anything in it (maps left by a purge, a program loaded meanwhile by another process)
+    /// goes the ordinary way, and `loaded` is dropped.
+    pub fn install(pins: &Pins, loaded: Loaded) -> Result<Self, LoaderError> {
+        pins.prepare()?;
+        let empty = !pins.prog().exists()
+            && all_maps().all(|name| !pins.map(name).exists())
+            && running_without_pin(pins).is_none();
+        if !empty {
+            drop(loaded);
+            return Self::load_or_open(pins);
+        }
+        loaded.pin(pins)?;
+        Self::open(pins)
+    }
+
     /// Open what is pinned; an error when nothing is, or when the program pin alone is missing
     /// while links run ([`LoaderError::ProgramPinMissing`]).
     pub fn open(pins: &Pins) -> Result<Self, LoaderError> {
@@ -655,14 +680,29 @@ fn load_xdp(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<ProgramFd, Loade
 /// create the userspace rule table, and pin the program last: a pinned program means a
 /// complete set.
 fn load_and_pin(pins: &Pins) -> Result<(), LoaderError> {
-    let paths: Vec<_> = PROGRAM_MAPS
-        .iter()
-        .chain(&SAMPLE_MAPS)
-        .map(|n| (*n, pins.map(n)))
-        .collect();
+    load(Some(pins))?.pin(pins)
+}
+
+/// The program, its sampler and every map, loaded but (apart from maps reused from `pins`)
+/// pinned nowhere: held by this process's descriptors alone, so dropping it unloads it all.
+pub struct Loaded {
+    ebpf: aya::Ebpf,
+    /// The maps userspace creates (the prefix records and the rule table), each with what
+    /// pins it.
+    created: Vec<(&'static str, PinTo)>,
+}
+
+type PinTo = Box<dyn FnOnce(&std::path::Path) -> Result<(), aya::pin::PinError> + Send>;
+
+/// Load the object: with `pins`, every map of the program is pinned there as it is created
+/// (or the one already pinned there is reused), as for any later load; without, nothing is
+/// pinned until [`Loaded::pin`].
+fn load(pins: Option<&Pins>) -> Result<Loaded, LoaderError> {
     let mut loader = EbpfLoader::new();
-    for (name, path) in &paths {
-        loader.map_pin_path(name, path.as_path());
+    if let Some(pins) = pins {
+        for name in PROGRAM_MAPS.iter().chain(&SAMPLE_MAPS) {
+            loader.map_pin_path(name, pins.map(name));
+        }
     }
     // Both copies of each range table, sized before the maps exist (they are arrays: the
     // memory is taken up front).
@@ -705,9 +745,9 @@ fn load_and_pin(pins: &Pins) -> Result<(), LoaderError> {
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     let sampler = load_xdp(&mut ebpf, SAMPLER_NAME)?;
     let main = load_xdp(&mut ebpf, PROGRAM_NAME)?;
-    // The tail calls: the filter to the sampler and back. The array is pinned, so its entries
-    // live as long as the pins (the kernel empties a program array when its last pin and
-    // descriptor are gone).
+    // The tail calls: the filter to the sampler and back. The array is pinned before this
+    // process's descriptors close, so its entries live as long as the pins (the kernel
+    // empties a program array when its last pin and descriptor are gone).
     let mut progs = ebpf
         .map_mut(names::PROGS)
         .ok_or(LoaderError::NoMap { name: names::PROGS })
@@ -725,74 +765,88 @@ fn load_and_pin(pins: &Pins) -> Result<(), LoaderError> {
                 source,
             })?;
     }
-    let prog: &mut Xdp = ebpf
-        .program_mut(PROGRAM_NAME)
-        .ok_or(LoaderError::NoProgram { name: PROGRAM_NAME })?
-        .try_into()
-        .map_err(|source| LoaderError::Program {
-            what: "XDP program".into(),
-            source,
-        })?;
     // The records of the prefixes behind each copy of the range tables: half as many
     // prefixes as ranges, plus the count in slot 0 of each copy.
+    let mut created = Vec::new();
+    let pinned = |name| pins.is_some_and(|p: &Pins| p.map(name).exists());
     for (name, ranges, value_size) in records {
-        let path = pins.map(name);
-        if path.exists() {
+        if pinned(name) {
             continue;
         }
         let entries = 2 * (ranges / 2 + 1);
         let flags = aya_obj::generated::BPF_F_MMAPABLE;
-        let record = if value_size == 8 {
-            Array::<MapData, u64>::create(entries, flags).map(|a| a.pin(&path))
+        let record: PinTo = if value_size == 8 {
+            let a = Array::<MapData, u64>::create(entries, flags);
+            a.map(|a| Box::new(move |path: &std::path::Path| a.pin(path)) as PinTo)
         } else {
-            Array::<MapData, filter_common::Range6>::create(entries, flags).map(|a| a.pin(&path))
+            let a = Array::<MapData, filter_common::Range6>::create(entries, flags);
+            a.map(|a| Box::new(move |path: &std::path::Path| a.pin(path)) as PinTo)
         }
         .map_err(|source| LoaderError::CreateMap { name, source })?;
-        record.map_err(|source| LoaderError::Pin {
-            path: path.display().to_string(),
-            source,
-        })?;
+        created.push((name, record));
     }
-    let rules_path = pins.map(names::RULES);
-    if !rules_path.exists() {
+    if !pinned(names::RULES) {
         let rules = Array::<MapData, RuleMeta>::create(MAX_RULES, 0).map_err(|source| {
             LoaderError::CreateMap {
                 name: names::RULES,
                 source,
             }
         })?;
-        rules.pin(&rules_path).map_err(|source| LoaderError::Pin {
-            path: rules_path.display().to_string(),
-            source,
-        })?;
+        created.push((names::RULES, Box::new(move |path| rules.pin(path))));
     }
-    // The program about to be pinned is this edgeblock's: record its ABI (over any record a
-    // purge left behind).
-    let abi_path = pins.map(names::ABI);
-    let set_err = |source| LoaderError::CreateMap {
-        name: names::ABI,
-        source,
-    };
-    if abi_path.exists() {
-        let data = MapData::from_pin(&abi_path).map_err(|source| LoaderError::OpenMap {
-            path: abi_path.display().to_string(),
+    Ok(Loaded { ebpf, created })
+}
+
+impl Loaded {
+    /// Pin every map not pinned yet, record the ABI, and pin the program last: a pinned
+    /// program means a complete set.
+    fn pin(mut self, pins: &Pins) -> Result<(), LoaderError> {
+        let pin_err = |path: &std::path::Path| {
+            let path = path.display().to_string();
+            move |source| LoaderError::Pin { path, source }
+        };
+        for name in PROGRAM_MAPS.iter().chain(&SAMPLE_MAPS) {
+            let path = pins.map(name);
+            if path.exists() {
+                continue;
+            }
+            let map = self.ebpf.map(name).ok_or(LoaderError::NoMap { name })?;
+            map.pin(&path).map_err(pin_err(&path))?;
+        }
+        for (name, pin) in self.created {
+            let path = pins.map(name);
+            pin(&path).map_err(pin_err(&path))?;
+        }
+        // The program about to be pinned is this edgeblock's: record its ABI (over any
+        // record a purge left behind).
+        let abi_path = pins.map(names::ABI);
+        let set_err = |source| LoaderError::CreateMap {
+            name: names::ABI,
             source,
-        })?;
-        Array::<MapData, u32>::try_from(aya::maps::Map::Array(data))
-            .and_then(|mut abi| abi.set(0, filter_common::ABI, 0))
-            .map_err(set_err)?;
-    } else {
-        let mut abi = Array::<MapData, u32>::create(1, 0).map_err(set_err)?;
-        abi.set(0, filter_common::ABI, 0).map_err(set_err)?;
-        abi.pin(&abi_path).map_err(|source| LoaderError::Pin {
-            path: abi_path.display().to_string(),
-            source,
-        })?;
+        };
+        if abi_path.exists() {
+            let data = MapData::from_pin(&abi_path).map_err(|source| LoaderError::OpenMap {
+                path: abi_path.display().to_string(),
+                source,
+            })?;
+            Array::<MapData, u32>::try_from(aya::maps::Map::Array(data))
+                .and_then(|mut abi| abi.set(0, filter_common::ABI, 0))
+                .map_err(set_err)?;
+        } else {
+            let mut abi = Array::<MapData, u32>::create(1, 0).map_err(set_err)?;
+            abi.set(0, filter_common::ABI, 0).map_err(set_err)?;
+            abi.pin(&abi_path).map_err(pin_err(&abi_path))?;
+        }
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(LoaderError::NoProgram { name: PROGRAM_NAME })?
+            .try_into()
+            .map_err(|source| LoaderError::Program {
+                what: "XDP program".into(),
+                source,
+            })?;
+        let prog_path = pins.prog();
+        prog.pin(&prog_path).map_err(pin_err(&prog_path))
     }
-    let prog_path = pins.prog();
-    prog.pin(&prog_path).map_err(|source| LoaderError::Pin {
-        path: prog_path.display().to_string(),
-        source,
-    })?;
-    Ok(())
 }

@@ -196,6 +196,65 @@ fn invalid_policies_change_nothing() {
     assert!(text(&out).contains("warning (--force)"), "{}", text(&out));
 }
 
+/// A first apply loads the program while it validates the policy (`Filter::preload`); a
+/// refusal, whether by validation or by the lockout check, must leave nothing pinned.
+#[test]
+fn a_refused_first_apply_loads_nothing() {
+    let env = Env::new();
+    let pinned = || -> Vec<String> {
+        let mut found = Vec::new();
+        for dir in [
+            env.bpffs.pin_root().to_path_buf(),
+            env.bpffs.pin_root().join("maps"),
+        ] {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    // The kernel's own iterators (maps.debug, progs.debug) sit in every bpffs.
+                    let own = e.path().extension().is_some_and(|x| x == "debug");
+                    if e.path().is_file() && !own {
+                        found.push(e.path().display().to_string());
+                    }
+                }
+            }
+        }
+        found
+    };
+    let bad = env.file(
+        "bad.toml",
+        "[[rule]]\nname = \"x\"\naction = \"drop\"\nprefixes = [\"198.51.100.7/24\"]\n",
+    );
+    env.fails(
+        &["apply", path(&bad)],
+        &["bad.toml:4", "nothing was changed"],
+    );
+    assert_eq!(
+        pinned(),
+        Vec::<String>::new(),
+        "a refused policy pins nothing"
+    );
+    let lockout = env.file(
+        "lockout.toml",
+        "protect = [\"192.0.2.0/24\"]\n[[rule]]\nname = \"wide\"\naction = \"drop\"\nprefixes = [\"192.0.0.0/16\"]\n",
+    );
+    env.fails(&["apply", path(&lockout)], &["wide", "nothing was changed"]);
+    assert_eq!(
+        pinned(),
+        Vec::<String>::new(),
+        "a lockout refusal pins nothing"
+    );
+    env.fails(&["status"], &["not loaded"]);
+
+    let good = env.file("good.toml", GOOD);
+    env.ok(&["apply", path(&good)]);
+    assert!(
+        pinned().iter().any(|p| p.ends_with("/prog")),
+        "a good first apply pins the program: {:?}",
+        pinned()
+    );
+    let lookup = env.ok(&["lookup", "203.0.113.9"]);
+    assert!(lookup.contains("block-origin"), "{lookup}");
+}
+
 #[test]
 fn a_rule_that_would_cut_off_this_host_is_refused() {
     let env = Env::new();

@@ -91,6 +91,11 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         policy: args.policy.display().to_string(),
     };
     let trust = g.trust()?;
+    // A first apply on this host loads the program while the policy is read and validated:
+    // creating the maps (the kernel zeroes 236 MiB) and verifying the program take about as
+    // long as validating a million prefixes. Nothing is pinned before the policy has passed;
+    // a refused policy leaves nothing loaded.
+    let preload = if args.dry_run { None } else { g.preload() };
     // Everything that can fail on the file fails here, before the lock and the kernel. The
     // files are read once: the bytes validated are the bytes whose signatures are checked.
     let files = PolicyFiles::read(&args.policy)
@@ -148,7 +153,7 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     } else if args.dry_run {
         Some(g.open("apply --dry-run")?)
     } else {
-        Some(g.load_or_open("apply")?)
+        Some(g.install("apply", preload)?)
     };
     let live = match &filter {
         Some(f) => Live::read(&f.maps).context("reading the live maps")?,

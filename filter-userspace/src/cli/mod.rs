@@ -22,10 +22,13 @@ mod tail;
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
+
+/// A program being loaded beside a first `apply`'s validation (`Global::preload`).
+type Preload = std::thread::JoinHandle<Result<Loaded, LoaderError>>;
 use clap::{Args, Parser, Subcommand};
 use edgeblock::{
     audit::{Actor, Log},
-    loader::Filter,
+    loader::{Filter, Loaded, LoaderError},
     lock::{DEFAULT_STATE_DIR, Lock},
     pins::{DEFAULT_PIN_ROOT, Pins},
     privileges::Need,
@@ -74,6 +77,11 @@ impl Global {
         Pins::new(&self.pin_root)
     }
 
+    /// Load the program in the background, if nothing is pinned yet: see `Filter::preload`.
+    fn preload(&self) -> Option<Preload> {
+        (!self.pins().exists()).then(|| std::thread::spawn(Filter::preload))
+    }
+
     fn lock(&self, verb: &str) -> anyhow::Result<Lock> {
         let lock = Lock::acquire(&self.state_dir, self.lock_timeout, |holder| {
             eprintln!("waiting for another edgeblock ({holder}) to finish...");
@@ -93,10 +101,20 @@ impl Global {
 
     /// Open the pinned program and maps, loading them first when absent.
     fn load_or_open(&self, verb: &str) -> anyhow::Result<Filter> {
+        self.install(verb, None)
+    }
+
+    /// [`Self::load_or_open`], with the program a first `apply` loaded while it validated
+    /// its policy (`Filter::preload`) when there is one; a preload that failed is not
+    /// reported, the ordinary load is made instead and reports its own error.
+    fn install(&self, verb: &str, preload: Option<Preload>) -> anyhow::Result<Filter> {
         let pins = self.pins();
-        Filter::load_or_open(&pins)
-            .with_context(|| format!("loading edgeblock under {}", pins.root().display()))
-            .map_err(|e| privileged(verb, Need::Change, e))
+        match preload.and_then(|p| p.join().ok()).and_then(Result::ok) {
+            Some(loaded) => Filter::install(&pins, loaded),
+            None => Filter::load_or_open(&pins),
+        }
+        .with_context(|| format!("loading edgeblock under {}", pins.root().display()))
+        .map_err(|e| privileged(verb, Need::Change, e))
     }
 
     fn actor(&self) -> Actor {
