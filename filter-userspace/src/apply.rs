@@ -129,6 +129,25 @@ impl Live {
         }
     }
 
+    /// Nothing ever applied: what a freshly loaded program's maps hold, and what a plan made
+    /// against [`Live::empty`] assumes.
+    pub fn is_pristine(&self) -> bool {
+        self.config.generation == 0
+            && self.metas.is_empty()
+            && self.dst_v4.is_empty()
+            && self.src_v4.is_empty()
+            && self.dst_v6.is_empty()
+            && self.src_v6.is_empty()
+            && [
+                &self.tables.v4_dst,
+                &self.tables.v4_src,
+                &self.tables.v6_dst,
+                &self.tables.v6_src,
+            ]
+            .iter()
+            .all(|t| t.is_none())
+    }
+
     fn referenced_ids(&self) -> BTreeSet<u32> {
         // A flag per id, not a set insert per prefix: the tables hold millions.
         let mut seen = vec![false; MAX_RULES as usize];

@@ -148,6 +148,12 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     // A dry run before anything is loaded diffs against nothing; otherwise it reads the kernel.
     // Without privileges the pins may be there but out of sight: opening them says so.
     let unseen = || edgeblock::privileges::lacking(edgeblock::privileges::Need::Read).is_some();
+    // While a first apply's program is still being loaded, its plan is made against the empty
+    // maps it will have; it is kept only if the maps turn out to be empty.
+    let early = match &preload {
+        Some(_) => Some(Plan::new(compiled, &Live::empty(), targets, unix(now_ts))?),
+        None => None,
+    };
     let mut filter = if args.dry_run && !pins.exists() && !unseen() {
         None
     } else if args.dry_run {
@@ -159,7 +165,10 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         Some(f) => Live::read(&f.maps).context("reading the live maps")?,
         None => Live::empty(),
     };
-    let plan = Plan::new(compiled, &live, targets, unix(now_ts))?;
+    let plan = match early {
+        Some(plan) if live.is_pristine() => plan,
+        _ => Plan::new(compiled, &live, targets, unix(now_ts))?,
+    };
     let (added, removed, changed) = plan.counts();
     println!("{}: {}", args.policy.display(), summary(compiled));
     if let Some(v) = &verified {
