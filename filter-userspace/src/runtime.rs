@@ -199,31 +199,60 @@ impl BlockStore {
 /// Write `bytes` to `path` through a temporary file in the same directory: fsync the file,
 /// rename it over `path`, fsync the directory. Readers see the old content or the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
-    let io_err = |p: &Path| {
-        let path = p.to_path_buf();
-        move |source| RuntimeError::Io { path, source }
-    };
+    stage(path, bytes)?.commit()
+}
+
+/// A file written and synced under a temporary name beside its path, not in place yet:
+/// [`Staged::commit`] renames it over the path. Dropped uncommitted, it is removed.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+fn io_err(p: &Path) -> impl FnOnce(io::Error) -> RuntimeError {
+    let path = p.to_path_buf();
+    move |source| RuntimeError::Io { path, source }
+}
+
+/// The first half of [`write_atomic`]: `bytes` written and synced beside `path`.
+pub fn stage(path: &Path, bytes: &[u8]) -> Result<Staged, RuntimeError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     create_private_dir(dir).map_err(io_err(dir))?;
     let name = path
         .file_name()
         .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let staged = Staged {
+        tmp: dir.join(format!(".{name}.tmp-{}", std::process::id())),
+        path: path.to_path_buf(),
+    };
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&staged.tmp)
+        .map_err(io_err(path))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err(path))?;
+    Ok(staged)
+}
+
+impl Staged {
+    /// Put the file in place: rename it over its path and fsync the directory.
+    pub fn commit(self) -> Result<(), RuntimeError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        fs::rename(&self.tmp, &self.path)
+            .and_then(|()| fs::File::open(dir)?.sync_all())
+            .map_err(io_err(&self.path))
     }
-    result.map_err(io_err(path))
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // After a commit the name is gone and this fails, harmlessly.
+        let _ = fs::remove_file(&self.tmp);
+    }
 }
 
 /// Create the data directory readable by root only: it says who blocked what and why.
@@ -350,6 +379,39 @@ pub fn next_expiry(policy: &Policy, blocks: &[RuntimeBlock], now: Timestamp) -> 
 mod tests {
     use super::*;
     use crate::{compile::compile, policy};
+
+    #[test]
+    fn a_staged_file_is_in_place_only_once_committed_and_gone_if_dropped() {
+        let dir = std::env::temp_dir().join(format!("edgeblock-stage-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("state.toml");
+        write_atomic(&path, b"old").expect("first write");
+        let leftovers = || {
+            fs::read_dir(&dir)
+                .expect("dir")
+                .flatten()
+                .filter(|e| e.file_name() != "state.toml")
+                .count()
+        };
+
+        let staged = stage(&path, b"new").expect("stage");
+        assert_eq!(
+            fs::read(&path).expect("read"),
+            b"old",
+            "not in place before commit"
+        );
+        drop(staged);
+        assert_eq!(fs::read(&path).expect("read"), b"old");
+        assert_eq!(leftovers(), 0, "a dropped stage leaves no file");
+
+        stage(&path, b"new")
+            .expect("stage")
+            .commit()
+            .expect("commit");
+        assert_eq!(fs::read(&path).expect("read"), b"new");
+        assert_eq!(leftovers(), 0);
+        fs::remove_dir_all(&dir).expect("clean up");
+    }
 
     fn policy(text: &str) -> Policy {
         policy::parse(text, Path::new("p.toml"), Timestamp::UNIX_EPOCH, |p| {

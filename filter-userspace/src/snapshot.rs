@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::{
     policy::{self, Policy, PolicyErrors},
-    runtime::{RuntimeError, write_atomic},
+    runtime::{RuntimeError, Staged, stage, write_atomic},
 };
 
 /// The file under the data directory.
@@ -157,11 +157,48 @@ fn push_decimal(out: &mut String, n: u8) {
 /// Record `policy` as the last applied one under `data_dir`.
 pub fn save(data_dir: &Path, policy: &Policy) -> Result<(), RuntimeError> {
     let path = data_dir.join(SNAPSHOT_FILE);
-    let text = to_toml(policy).map_err(|e| RuntimeError::Io {
-        path: path.clone(),
+    write_atomic(&path, text(&path, policy)?.as_bytes())
+}
+
+fn text(path: &Path, policy: &Policy) -> Result<String, RuntimeError> {
+    to_toml(policy).map_err(|e| RuntimeError::Io {
+        path: path.to_path_buf(),
         source: std::io::Error::other(e),
-    })?;
-    write_atomic(&path, text.as_bytes())
+    })
+}
+
+/// [`save`] begun before the policy is applied: the file is written and synced beside the
+/// snapshot on another thread (a million prefixes make 20 MB to sync), and only
+/// [`Pending::finish`] puts it in place. Dropped unfinished, it waits for the write and
+/// removes the file.
+pub struct Pending(Option<std::thread::JoinHandle<Result<Staged, RuntimeError>>>);
+
+impl Pending {
+    pub fn start(data_dir: &Path, policy: &Policy) -> Self {
+        let path = data_dir.join(SNAPSHOT_FILE);
+        let text = text(&path, policy);
+        Self(Some(std::thread::spawn(move || {
+            stage(&path, text?.as_bytes())
+        })))
+    }
+
+    /// Put the snapshot in place: the policy has been applied.
+    pub fn finish(mut self) -> Result<(), RuntimeError> {
+        let handle = self.0.take().expect("finished once");
+        match handle.join() {
+            Ok(staged) => staged?.commit(),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            // The staged file, if any, is removed as it drops.
+            let _ = handle.join();
+        }
+    }
 }
 
 /// The last applied policy, if one was recorded. Rules that have expired since are left out,

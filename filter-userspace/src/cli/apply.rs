@@ -106,6 +106,9 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
     let verified = signing::check(&files, &policy, &trust)
         .context("nothing was changed")
         .map_err(|e| rec.refused(hash, e))?;
+    // The snapshot `block` and `unblock` build on is written while the policy is applied, and
+    // put in place once it is.
+    let pending = (!args.dry_run).then(|| snapshot::Pending::start(&g.data_dir, &policy));
     let _lock = if args.dry_run {
         None
     } else {
@@ -208,8 +211,9 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         println!("dry run: nothing was changed");
         return Ok(());
     }
+    let pending = pending.expect("started when not a dry run");
     if plan.is_noop(&live) {
-        snapshot::save(&g.data_dir, &policy).context("recording the applied policy")?;
+        pending.finish().context("recording the applied policy")?;
         println!(
             "already in force (generation {}); nothing to do",
             live.config.generation
@@ -258,7 +262,7 @@ pub fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         )
     })?;
     println!("audit: record {} in {}", record.seq, log.path().display());
-    snapshot::save(&g.data_dir, &policy).context(
+    pending.finish().context(
         "the policy is applied, but recording it for `edgeblock block` failed; check --data-dir",
     )?;
     if filter.links()?.is_empty() {
