@@ -22,9 +22,6 @@ mod tail;
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-
-/// A program being loaded beside a first `apply`'s validation (`Global::preload`).
-type Preload = std::thread::JoinHandle<Result<Loaded, LoaderError>>;
 use clap::{Args, Parser, Subcommand};
 use edgeblock::{
     audit::{Actor, Log},
@@ -34,6 +31,9 @@ use edgeblock::{
     privileges::Need,
     signing::{DEFAULT_TRUSTED_DIR, TrustStore},
 };
+
+/// A program being loaded beside a first `apply`'s validation (`Global::preload`).
+type Preload = std::thread::JoinHandle<Result<Loaded, LoaderError>>;
 
 /// edgeblock: drop traffic to (and from) blocked prefixes at the NIC driver, with XDP.
 ///
