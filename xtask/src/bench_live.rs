@@ -22,13 +22,14 @@ use aya::{
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, xdp::XdpMode},
 };
 use edgeblock::loader::{AttachMode, FLOOR_OBJECT, Filter};
+use edgeblock::pins::Pins;
 use edgeblock_tests::{Bpffs, Netns, packet::Frame};
 use nix::sched::{CpuSet, sched_setaffinity};
 use nix::unistd::Pid;
 
 use super::bench_kernel::{self, Cli};
 use super::bench_prefixes::{Rng, V4, V4_SRC, V6};
-use super::bench_report::{FLOOR, Live, LiveRow, count};
+use super::bench_report::{FLOOR, Live, LiveRow, count, median};
 
 /// What to measure.
 pub struct Config {
@@ -338,7 +339,8 @@ impl<'a> Lab<'a> {
     }
 
     /// Measure a receiver already in place: warm up, then `runs` calls of about `secs` each,
-    /// counting with `count` (frames the filter under test dropped so far).
+    /// counting with `count` (frames the filter under test dropped so far). The calls are
+    /// appended to the row's.
     fn measure(
         &self,
         cfg: &Config,
@@ -377,12 +379,17 @@ impl<'a> Lab<'a> {
             Ok(runs)
         })?;
         let secs = |r: &Run| r.took.as_secs_f64();
-        row.pps = runs.iter().map(|r| r.counted as f64 / secs(r)).collect();
-        row.sent_pps = runs.iter().map(|r| f64::from(r.frames) / secs(r)).collect();
-        row.sender_busy = runs.iter().filter_map(|r| r.sender_busy).collect();
-        row.receiver_busy = runs.iter().filter_map(|r| r.receiver_busy).collect();
-        row.counted = runs.iter().map(|r| r.counted).sum();
-        if row.counted == 0 {
+        row.pps
+            .extend(runs.iter().map(|r| r.counted as f64 / secs(r)));
+        row.sent_pps
+            .extend(runs.iter().map(|r| f64::from(r.frames) / secs(r)));
+        row.sender_busy
+            .extend(runs.iter().filter_map(|r| r.sender_busy));
+        row.receiver_busy
+            .extend(runs.iter().filter_map(|r| r.receiver_busy));
+        let counted: u64 = runs.iter().map(|r| r.counted).sum();
+        row.counted += counted;
+        if counted == 0 {
             bail!("the filter under test counted no frames: the generator's frames did not arrive");
         }
         Ok(())
@@ -481,10 +488,10 @@ fn row(filter: &str, entries: usize, list: usize, shape: &'static str, dsts: usi
         floor_pps: None,
         note: None,
         error: None,
+        paired: false,
     }
 }
 
-/// Run every shape against the receiver in place, appending rows.
 /// What a row measures: a filter, the entries it holds, and the generator's list.
 struct Subject<'s> {
     filter: &'s str,
@@ -496,6 +503,7 @@ struct Subject<'s> {
     note: Option<String>,
 }
 
+/// Run every shape against the receiver in place, appending rows.
 fn measure_shapes(
     lab: &mut Lab<'_>,
     cfg: &Config,
@@ -503,36 +511,227 @@ fn measure_shapes(
     count: &(dyn Fn(&Lab<'_>) -> Result<u64> + Sync),
     rows: &mut Vec<LiveRow>,
 ) {
-    for (shape, hot) in shapes() {
-        let mut r = row(
-            s.filter,
-            s.entries,
-            s.list,
-            shape,
-            if hot { 1 } else { s.dsts },
-        );
-        r.note = s.note.clone();
-        if lab.cpus.is_some() && !lab.threaded {
-            r.note = Some(format!(
-                "{}receiver shared the sender's CPU",
-                s.note.as_ref().map_or(String::new(), |n| format!("{n}; "))
-            ));
-        }
+    let mut new = shape_rows(lab, s);
+    measure_into(lab, cfg, s, count, &mut new);
+    rows.extend(new);
+}
+
+/// The subject's rows, one per shape (`shapes()`), not measured yet.
+fn shape_rows(lab: &Lab<'_>, s: &Subject<'_>) -> Vec<LiveRow> {
+    shapes()
+        .into_iter()
+        .map(|(shape, hot)| {
+            let mut r = row(
+                s.filter,
+                s.entries,
+                s.list,
+                shape,
+                if hot { 1 } else { s.dsts },
+            );
+            r.note = s.note.clone();
+            if lab.cpus.is_some() && !lab.threaded {
+                r.note = Some(format!(
+                    "{}receiver shared the sender's CPU",
+                    s.note.as_ref().map_or(String::new(), |n| format!("{n}; "))
+                ));
+            }
+            r
+        })
+        .collect()
+}
+
+/// Measure the receiver in place for each of `rows` (from `shape_rows`), appending the calls
+/// to each; a row that fails keeps its error and is not measured again.
+fn measure_into(
+    lab: &mut Lab<'_>,
+    cfg: &Config,
+    s: &Subject<'_>,
+    count: &(dyn Fn(&Lab<'_>) -> Result<u64> + Sync),
+    rows: &mut [LiveRow],
+) {
+    for r in rows.iter_mut().filter(|r| r.error.is_none()) {
+        let hot = r.shape == "hot";
         let res = lab
             .set_len(if hot { 1 } else { s.dsts as u32 })
-            .and_then(|()| lab.measure(cfg, count, &mut r));
+            .and_then(|()| lab.measure(cfg, count, r));
         if let Err(e) = res {
             r.error = Some(format!("{e:#}"));
         }
         eprintln!(
-            "  live {} {} {shape}: {}",
+            "  live {} {} {}: {}",
             s.filter,
             s.entries,
-            r.error
-                .clone()
-                .unwrap_or_else(|| format!("{:.2} Mpps", r.rate() / 1e6))
+            r.shape,
+            r.error.clone().unwrap_or_else(|| {
+                let last = &r.pps[r.pps.len() - cfg.runs.min(r.pps.len())..];
+                format!("{:.2} Mpps", median(last) / 1e6)
+            })
         );
-        rows.push(r);
+    }
+}
+
+/// Load edgeblock on its own pins and apply `list` (and the IPv6 list), not attached yet.
+fn edgeblock_load(pins: &Pins, list: &[V4], v6: &[V6]) -> Result<()> {
+    let mut filter = Filter::load_or_open(pins).context("loading edgeblock")?;
+    let (compiled, _) = bench_kernel::compile(list, v6)?;
+    bench_kernel::apply(&mut filter, &compiled).context("applying the policy")?;
+    Ok(())
+}
+
+/// Attach the loaded edgeblock natively to the receiving veth.
+fn edgeblock_attach(lab: &mut Lab<'_>, pins: &Pins) -> Result<()> {
+    // Attach from inside the receiver's namespace, where the interface name means something;
+    // a `Filter` stays on the thread that opened it, so open one there.
+    let rx_if = lab.rx_if.clone();
+    lab.rx_ns
+        .run_in(|| -> Result<()> {
+            Filter::open(pins)?.attach(&rx_if, AttachMode::Native)?;
+            Ok(())
+        })
+        .context("attaching edgeblock natively")?;
+    lab.napi_thread();
+    Ok(())
+}
+
+fn edgeblock_detach(lab: &Lab<'_>, pins: &Pins) {
+    let rx_if = lab.rx_if.clone();
+    let _ = lab.rx_ns.run_in(|| -> Result<()> {
+        Filter::open(pins)?.detach(&rx_if)?;
+        Ok(())
+    });
+}
+
+/// edgeblock's drop counter and the veth's XDP drop counter, read together.
+fn drop_counts(lab: &Lab<'_>, pins_name: &str) -> Option<(u64, u64)> {
+    Some((edgeblock_drops(lab, pins_name).ok()?, xdp_drops(lab).ok()?))
+}
+
+/// Cross-check: edgeblock's own drop counter against the veth's over the spans it was
+/// attached (warm-ups included), as (edgeblock's, the veth's) drops.
+fn cross_check(notes: &mut Vec<String>, n: usize, (own, veth): (u64, u64)) {
+    notes.push(format!(
+        "edgeblock {}: its own counters saw {own} drops, the veth's XDP counters {veth}",
+        count(n),
+    ));
+}
+
+/// Add the drops between two `drop_counts` readings to `sum`.
+fn add_drops(sum: &mut Option<(u64, u64)>, before: Option<(u64, u64)>, after: Option<(u64, u64)>) {
+    if let (Some(b), Some(a)) = (before, after) {
+        let s = sum.get_or_insert((0, 0));
+        s.0 += a.0 - b.0;
+        s.1 += a.1 - b.1;
+    }
+}
+
+/// edgeblock and xdp-filter on the small list, measured in turns: `cfg.runs` rounds, each one
+/// call per shape of either filter, the one that goes first swapped every round. The machine's
+/// speed drifts by 2x within a minute (the sender's own rate with it), so two filters measured
+/// in blocks a minute apart compare two moments as much as two filters; run i of each row
+/// comes from the same round, and the report compares them round by round.
+struct Turns<'t> {
+    pins: &'t Pins,
+    pins_name: &'t str,
+    eb: &'t Subject<'t>,
+    /// Why edgeblock could not load or take the policy, if it could not.
+    load_error: Option<String>,
+    dsts: &'t [std::net::Ipv4Addr],
+}
+
+impl Turns<'_> {
+    fn run(
+        &self,
+        lab: &mut Lab<'_>,
+        cfg: &Config,
+        rows: &mut Vec<LiveRow>,
+        notes: &mut Vec<String>,
+    ) {
+        let one = Config { runs: 1, ..*cfg };
+        let n = self.eb.entries;
+        let xf = Subject {
+            filter: "xdp-filter",
+            entries: self.dsts.len(),
+            list: n,
+            dsts: self.dsts.len(),
+            note: Some("exact addresses, one per prefix; in turns with edgeblock".into()),
+        };
+        let eb = Subject {
+            note: Some(format!(
+                "{}; in turns with xdp-filter",
+                self.eb.note.as_deref().unwrap_or_default()
+            )),
+            ..*self.eb
+        };
+        let mut eb_rows = shape_rows(lab, &eb);
+        let mut xf_rows = shape_rows(lab, &xf);
+        if let Some(e) = &self.load_error {
+            for r in &mut eb_rows {
+                r.error = Some(e.clone());
+            }
+        }
+        let mut drops = None;
+        for round in 0..cfg.runs {
+            for edgeblock in [round % 2 == 0, round % 2 == 1] {
+                if edgeblock {
+                    if eb_rows.iter().all(|r| r.error.is_some()) {
+                        continue;
+                    }
+                    match edgeblock_attach(lab, self.pins) {
+                        Ok(()) => {
+                            let before = drop_counts(lab, self.pins_name);
+                            measure_into(lab, &one, &eb, &xdp_drops, &mut eb_rows);
+                            add_drops(&mut drops, before, drop_counts(lab, self.pins_name));
+                            edgeblock_detach(lab, self.pins);
+                        }
+                        Err(e) => {
+                            for r in &mut eb_rows {
+                                r.error = Some(format!("{e:#}"));
+                            }
+                        }
+                    }
+                } else {
+                    if xf_rows.iter().all(|r| r.error.is_some()) {
+                        continue;
+                    }
+                    match xdp_filter_load(lab, self.dsts) {
+                        Ok((loaded, note)) => {
+                            if round == 0 {
+                                notes.extend(note);
+                            }
+                            for r in &mut xf_rows {
+                                r.entries = loaded;
+                                r.destinations = if r.shape == "hot" {
+                                    1
+                                } else {
+                                    loaded.min(self.dsts.len())
+                                };
+                            }
+                            let xf = Subject {
+                                entries: loaded,
+                                dsts: loaded.min(self.dsts.len()),
+                                note: None,
+                                ..xf
+                            };
+                            measure_into(lab, &one, &xf, &xdp_drops, &mut xf_rows);
+                        }
+                        Err(e) => {
+                            for r in &mut xf_rows {
+                                r.error = Some(format!("{e:#}"));
+                            }
+                        }
+                    }
+                    xdp_filter_unload(lab);
+                }
+            }
+        }
+        if let Some(d) = drops {
+            cross_check(notes, n, d);
+        }
+        for r in eb_rows.iter_mut().chain(&mut xf_rows) {
+            r.paired = true;
+        }
+        rows.extend(eb_rows);
+        rows.extend(xf_rows);
     }
 }
 
@@ -592,87 +791,41 @@ pub fn run(cfg: &Config, bpffs: &Bpffs, cli: Cli<'_>, v4: &[V4], v6: &[V6]) -> R
         // edgeblock, with the IPv6 list beside the IPv4 one as in the per-packet goal.
         let pins_name = format!("live-{n}");
         let pins = bench_kernel::pins(bpffs, &pins_name);
-        let rx_if = lab.rx_if.clone();
-        let res = (|| -> Result<()> {
-            let mut filter = Filter::load_or_open(&pins).context("loading edgeblock")?;
-            let (compiled, _) = bench_kernel::compile(list, v6)?;
-            bench_kernel::apply(&mut filter, &compiled).context("applying the policy")?;
-            // Attach from inside the receiver's namespace, where the interface name means
-            // something; a `Filter` stays on the thread that opened it, so open one there.
-            lab.rx_ns
-                .run_in(|| -> Result<()> {
-                    Filter::open(&pins)?.attach(&rx_if, AttachMode::Native)?;
-                    Ok(())
-                })
-                .context("attaching edgeblock natively")?;
-            lab.napi_thread();
-            Ok(())
-        })();
-        match res {
-            Ok(()) => {
-                let before = (edgeblock_drops(&lab, &pins_name), xdp_drops(&lab));
-                measure_shapes(
-                    &mut lab,
-                    cfg,
-                    &Subject {
-                        filter: "edgeblock",
-                        entries: n,
-                        list: n,
-                        dsts: dsts.len(),
-                        note: Some(format!("+{} v6 prefixes", count(v6.len()))),
-                    },
-                    &xdp_drops,
-                    &mut rows,
-                );
-                // Cross-check: edgeblock's own drop counter against the veth's, over the
-                // same span (warm-ups included).
-                let after = (edgeblock_drops(&lab, &pins_name), xdp_drops(&lab));
-                if let ((Ok(b), Ok(vb)), (Ok(a), Ok(va))) = (before, after) {
-                    notes.push(format!(
-                        "edgeblock {}: its own counters saw {} drops, the veth's XDP counters {}",
-                        count(n),
-                        a - b,
-                        va - vb
-                    ));
+        let eb = Subject {
+            filter: "edgeblock",
+            entries: n,
+            list: n,
+            dsts: dsts.len(),
+            note: Some(format!("+{} v6 prefixes", count(v6.len()))),
+        };
+        let loaded = edgeblock_load(&pins, list, v6);
+        if n == small.len() {
+            // xdp-filter (only exact addresses, and at most as many as its map holds) in
+            // turns with edgeblock.
+            let turns = Turns {
+                pins: &pins,
+                pins_name: &pins_name,
+                eb: &eb,
+                load_error: loaded.as_ref().err().map(|e| format!("{e:#}")),
+                dsts,
+            };
+            turns.run(&mut lab, cfg, &mut rows, &mut notes);
+        } else {
+            match loaded.and_then(|()| edgeblock_attach(&mut lab, &pins)) {
+                Ok(()) => {
+                    let before = drop_counts(&lab, &pins_name);
+                    measure_shapes(&mut lab, cfg, &eb, &xdp_drops, &mut rows);
+                    let mut drops = None;
+                    add_drops(&mut drops, before, drop_counts(&lab, &pins_name));
+                    if let Some(d) = drops {
+                        cross_check(&mut notes, n, d);
+                    }
+                    edgeblock_detach(&lab, &pins);
                 }
-                let _ = lab.rx_ns.run_in(|| -> Result<()> {
-                    Filter::open(&pins)?.detach(&rx_if)?;
-                    Ok(())
-                });
+                Err(e) => failed_rows(&mut rows, "edgeblock", n, &e),
             }
-            Err(e) => failed_rows(&mut rows, "edgeblock", n, &e),
         }
         floor_rows(&mut lab, cfg, n, dsts.len(), &mut rows);
-
-        // xdp-filter: only exact addresses, and at most as many as its map holds.
-        if n == small.len() {
-            match xdp_filter_load(&mut lab, &dsts[..]) {
-                Ok((loaded, note)) => {
-                    if let Some(note) = &note {
-                        notes.push(note.clone());
-                    }
-                    measure_shapes(
-                        &mut lab,
-                        cfg,
-                        &Subject {
-                            filter: "xdp-filter",
-                            entries: loaded,
-                            list: n,
-                            dsts: loaded.min(dsts.len()),
-                            note: Some("exact addresses, one per prefix".into()),
-                        },
-                        &xdp_drops,
-                        &mut rows,
-                    );
-                    xdp_filter_unload(&lab);
-                }
-                Err(e) => {
-                    xdp_filter_unload(&lab);
-                    failed_rows(&mut rows, "xdp-filter", n, &e);
-                }
-            }
-            floor_rows(&mut lab, cfg, n, dsts.len(), &mut rows);
-        }
 
         // nftables: netdev ingress on the receiving veth, with an XDP_PASS program in front
         // so that the veth takes the generator's frames at once. The rate is what the XDP

@@ -126,6 +126,20 @@ pub struct LiveRow {
     pub floor_pps: Option<f64>,
     pub note: Option<String>,
     pub error: Option<String>,
+    /// Measured in turns with the row of the other filter it is compared with (same list and
+    /// shape): run i of each comes from the same round.
+    pub paired: bool,
+}
+
+/// For two rows measured in turns (`LiveRow::paired`), the median over the rounds of `a`'s
+/// rate over `b`'s in the same round; None unless both hold the same number of rounds.
+pub fn paired_ratio(a: &LiveRow, b: &LiveRow) -> Option<f64> {
+    let ok = |r: &LiveRow| r.paired && r.error.is_none() && !r.pps.is_empty();
+    if !ok(a) || !ok(b) || a.pps.len() != b.pps.len() || b.pps.contains(&0.0) {
+        return None;
+    }
+    let rounds: Vec<f64> = a.pps.iter().zip(&b.pps).map(|(x, y)| x / y).collect();
+    Some(median(&rounds))
 }
 
 impl LiveRow {
@@ -306,10 +320,12 @@ impl Report {
                             live.find(other, entries, shape),
                         ) {
                             (Some(e), Some(o)) => {
-                                // Each against the floor measured around it, so that drift
-                                // between the two measurements cancels.
-                                let r = match (e.ratio(), o.ratio()) {
-                                    (Some(a), Some(b)) => a / b,
+                                // Measured in turns: round by round. Otherwise each against
+                                // the floor measured around it, so that drift between the two
+                                // measurements cancels.
+                                let r = match (paired_ratio(e, o), e.ratio(), o.ratio()) {
+                                    (Some(p), _, _) => p,
+                                    (None, Some(a), Some(b)) => a / b,
                                     _ => e.rate() / o.rate(),
                                 };
                                 parts.push(format!("{shape} {r:.2}x"));
@@ -513,6 +529,7 @@ impl Report {
                     "sent_pps": r.sent_pps,
                     "note": r.note,
                     "error": r.error,
+                    "paired": r.paired,
                 })).collect::<Vec<_>>(),
             })
         });
@@ -1168,6 +1185,7 @@ mod tests {
                             sent_pps: vec![12e6; 3],
                             note: None,
                             error: None,
+                            paired: false,
                         })
                     })
                     .collect(),
@@ -1217,6 +1235,55 @@ mod tests {
         assert_eq!(met("1% change"), Some(true), "median 50 ms");
         assert_eq!(met("wrong verdict"), None, "not measured");
         assert_eq!(met("fleet"), Some(false), "one round took 1.2 s");
+    }
+
+    #[test]
+    fn rows_measured_in_turns_are_compared_round_by_round() {
+        let mut r = sample();
+        let Ok(live) = &mut r.live else { panic!() };
+        // Round by round edgeblock is ahead (1.25x, 1.2x, 0.33x: median 1.2x), but over the
+        // whole run the medians are equal (5 Mpps each), which is not above: the machine was
+        // slow in the third round's edgeblock turn and fast in xdp-filter's.
+        for row in &mut live.rows {
+            let pps = match (row.filter.as_str(), row.entries) {
+                ("edgeblock", 10_000) => [5e6, 6e6, 3e6],
+                ("xdp-filter", _) => [4e6, 5e6, 9e6],
+                _ => continue,
+            };
+            row.pps = pps.to_vec();
+            row.floor_pps = Some(10e6);
+        }
+        let measured = |r: &Report| {
+            let goals = r.goals();
+            let g = goals.iter().find(|g| g.goal.contains("above xdp-filter"));
+            g.map(|g| (g.measured.clone(), g.met)).unwrap()
+        };
+        let (text, met) = measured(&r);
+        assert_eq!(met, Some(false), "unpaired: 0.5x / 0.5x floor: {text}");
+        let Ok(live) = &mut r.live else { panic!() };
+        for row in &mut live.rows {
+            row.paired = matches!(
+                (row.filter.as_str(), row.entries),
+                ("edgeblock", 10_000) | ("xdp-filter", _)
+            );
+        }
+        let (text, met) = measured(&r);
+        assert_eq!(met, Some(true), "{text}");
+        assert!(text.contains("hot 1.20x, spread 1.20x"), "{text}");
+        // A row that lost a round is not paired with one that did not.
+        let Ok(live) = &mut r.live else { panic!() };
+        let (eb, xf) = (3, 4);
+        assert_eq!(
+            (
+                live.rows[eb].filter.as_str(),
+                live.rows[eb].entries,
+                live.rows[xf].filter.as_str()
+            ),
+            ("edgeblock", 10_000, "xdp-filter")
+        );
+        assert!(paired_ratio(&live.rows[eb], &live.rows[xf]).is_some());
+        live.rows[xf].pps.pop();
+        assert_eq!(paired_ratio(&live.rows[eb], &live.rows[xf]), None);
     }
 
     #[test]
