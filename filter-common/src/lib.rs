@@ -229,6 +229,21 @@ pub mod active {
     pub const V4_SRC: u32 = 1 << 2;
     pub const V6_DST: u32 = 1 << 3;
     pub const V6_SRC: u32 = 1 << 4;
+    /// The IPv4 destination table is found through its index (`EB_V4_INDEX`, a sparse table);
+    /// without this bit its chunks are all stored, chunk `c` at `table * V4_CHUNKS + c`.
+    pub const V4_DST_INDEXED: u32 = 1 << 5;
+    /// The same for the IPv4 source table.
+    pub const V4_SRC_INDEXED: u32 = 1 << 6;
+
+    /// The bit saying that the IPv4 table of `direction` is indexed.
+    #[inline(always)]
+    pub const fn v4_indexed(direction: u8) -> u32 {
+        if direction == super::direction::SRC {
+            V4_SRC_INDEXED
+        } else {
+            V4_DST_INDEXED
+        }
+    }
 }
 
 /// Rule ids available (size of `EB_RULE_STATS` and `EB_RULES`).
@@ -251,6 +266,17 @@ pub mod dxr {
     pub const V6_DIRECT_BITS: u32 = 20;
     /// Chunks (and entries) of one IPv4 direct table.
     pub const V4_CHUNKS: u32 = 1 << V4_DIRECT_BITS;
+    /// Chunks per region of an IPv4 table's index (`EB_V4_INDEX`, one [`super::Region`]
+    /// each), used when few chunks are more than a leaf (`active::V4_DST_INDEXED`): a chunk
+    /// that is a leaf with its region's result is not stored, the others are stored one after
+    /// the other in `EB_V4_DIRECT`. A short list then reads a few pages of chunks, not one
+    /// page per prefix spread through 16 MiB (more than the TLB holds).
+    pub const REGION_BITS: u32 = 6;
+    /// Regions of one IPv4 table.
+    pub const V4_REGIONS: u32 = V4_CHUNKS >> REGION_BITS;
+    /// A table is indexed when at most this many of its chunks are stored (a quarter): with
+    /// more, reading the index first costs more than it saves.
+    pub const INDEXED_MAX: u32 = V4_CHUNKS / 4;
     /// Chunks (and entries) of one IPv6 direct table.
     pub const V6_CHUNKS: u32 = 1 << V6_DIRECT_BITS;
     /// Direct tables per family: (copy * 2 + direction) * chunks + chunk, in `EB_V4_DIRECT` /
@@ -475,6 +501,42 @@ impl Chunk {
     }
 }
 
+/// One region of an IPv4 table's index: 2^[`dxr::REGION_BITS`] chunks. Bit `i` of `present`
+/// set: chunk `i` of the region is stored, at `base` plus the number of present chunks before
+/// it, counted from the table's start in `EB_V4_DIRECT`. Bit clear: the chunk is a leaf with
+/// result `leaf`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Region {
+    pub present: u64,
+    pub base: u32,
+    pub leaf: u32,
+}
+const _: () = assert!(size_of::<Region>() == 16 && dxr::REGION_BITS == 6);
+
+impl Region {
+    /// Where chunk `bit` (below 64) of the region is stored, relative to the table's start;
+    /// `None` for a leaf with the region's result.
+    #[inline(always)]
+    pub const fn stored(&self, bit: u32) -> Option<u32> {
+        let mask = 1u64 << (bit & 63);
+        if self.present & mask == 0 {
+            return None;
+        }
+        Some(self.base + ones(self.present & (mask - 1)))
+    }
+}
+
+/// The number of set bits, without a branch or a loop (eBPF has no population count
+/// instruction; the verifier sees straight-line code).
+#[inline(always)]
+pub const fn ones(x: u64) -> u32 {
+    let x = x - ((x >> 1) & 0x5555_5555_5555_5555);
+    let x = (x & 0x3333_3333_3333_3333) + ((x >> 2) & 0x3333_3333_3333_3333);
+    let x = (x + (x >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    (x.wrapping_mul(0x0101_0101_0101_0101) >> 56) as u32
+}
+
 /// Most IPv4 prefixes a table can ever be given; the loaded program's own capacity (see
 /// `dxr::DEFAULT_DST_RANGES`) is usually smaller and is checked by `apply`.
 pub const MAX_V4_PREFIXES: u32 = 1 << 24;
@@ -487,14 +549,17 @@ pub const MAX_V6_PREFIXES: u32 = 1 << 22;
 /// [`maps::ABI`] when it loads the program, and every later `edgeblock` refuses to work on a
 /// program pinned with another: writing one encoding into maps a program reads as another
 /// would turn blocks into passes without an error.
-pub const ABI: u32 = 4;
+pub const ABI: u32 = 5;
 
 /// Map names, shared so the loader and the program cannot disagree.
 pub mod maps {
     pub const RULE_STATS: &str = "EB_RULE_STATS";
     pub const STATS: &str = "EB_STATS";
     pub const CONFIG: &str = "EB_CONFIG";
+    /// Per table, the chunks its index (`V4_INDEX`) says are stored, one after the other.
     pub const V4_DIRECT: &str = "EB_V4_DIRECT";
+    /// Per table (copy * 2 + direction), a [`super::Region`] per 64 chunks.
+    pub const V4_INDEX: &str = "EB_V4_INDEX";
     /// Per table (copy * 2 + direction), the results inline IPv4 chunks name by index.
     pub const V4_PALETTE: &str = "EB_V4_PALETTE";
     pub const V4_RANGES_DST: &str = "EB_V4_RNG_DST";
@@ -623,6 +688,7 @@ mod pod {
     unsafe impl aya::Pod for super::TokenBucket {}
     unsafe impl aya::Pod for super::Range6 {}
     unsafe impl aya::Pod for super::Chunk {}
+    unsafe impl aya::Pod for super::Region {}
     unsafe impl aya::Pod for super::Sample {}
     unsafe impl aya::Pod for super::SampleControl {}
     unsafe impl aya::Pod for super::SampleScratch {}

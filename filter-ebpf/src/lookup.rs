@@ -7,12 +7,22 @@
 //! (`filter_common::Chunk`) holds up to seven ranges, so with a million prefixes almost every
 //! lookup reads one cache line of the direct table and the table's small palette, which stays
 //! cached: that keeps spread traffic over a million prefixes at one cache miss a packet.
+//! A sparse IPv4 table (a short list) is found through an index of 64-chunk regions
+//! (`filter_common::Region`, 256 KiB a table) that stores only the chunks that are not a leaf
+//! with their region's result, packed: its chunks then fill a few pages, not one page per
+//! prefix, which the TLB cannot hold for ten thousand of them.
 
 use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
-use filter_common::{Chunk, MAX_RULES, Range6, RuleEntry, active, direction, dxr};
+use filter_common::{Chunk, MAX_RULES, Range6, Region, RuleEntry, active, direction, dxr};
 
-/// IPv4 direct tables, one `Chunk` per chunk (a slice's first index absolute in the range map
-/// of the table's direction, the copy's offset included).
+/// IPv4 tables' indexes: a `Region` per 64 chunks, saying which are stored and where (read
+/// only for a table `EB_ACTIVE` says is indexed).
+#[map(name = "EB_V4_INDEX")]
+static EB_V4_INDEX: Array<Region> =
+    Array::with_max_entries(dxr::TABLES * dxr::V4_REGIONS, BPF_F_MMAPABLE);
+/// IPv4 tables' chunks, one `Chunk` each (a slice's first index absolute in the range map of
+/// the table's direction, the copy's offset included), from `table * V4_CHUNKS`: every chunk
+/// in order, or for an indexed table the ones its index says are stored.
 #[map(name = "EB_V4_DIRECT")]
 static EB_V4_DIRECT: Array<Chunk> =
     Array::with_max_entries(dxr::TABLES * dxr::V4_CHUNKS, BPF_F_MMAPABLE);
@@ -88,11 +98,23 @@ fn search<R>(
 }
 
 /// The result (`dxr::SHADOW_SHIFT`) of the range holding `addr` in one direction's IPv4
-/// table; 0 when nothing matches.
+/// table of the copy `act` (`EB_ACTIVE`) names, through its index if `act` says it has one; 0
+/// when nothing matches.
 #[inline(always)]
-fn v4(copy: u32, dir: u8, ranges: &'static Array<u64>, a: u32) -> u32 {
-    let table = copy * 2 + u32::from(dir);
-    let Some(c) = EB_V4_DIRECT.get(table * dxr::V4_CHUNKS + (a >> dxr::BOUND_BITS)) else {
+fn v4(act: u32, dir: u8, ranges: &'static Array<u64>, a: u32) -> u32 {
+    let table = (act & active::COPY) * 2 + u32::from(dir);
+    let mut at = a >> dxr::BOUND_BITS;
+    if act & active::v4_indexed(dir) != 0 {
+        let Some(region) = EB_V4_INDEX.get(table * dxr::V4_REGIONS + (at >> dxr::REGION_BITS))
+        else {
+            return 0;
+        };
+        match region.stored(at & ((1 << dxr::REGION_BITS) - 1)) {
+            Some(stored) => at = stored,
+            None => return region.leaf,
+        }
+    }
+    let Some(c) = EB_V4_DIRECT.get(table * dxr::V4_CHUNKS + at) else {
         return 0;
     };
     match c.kind() {
@@ -242,11 +264,11 @@ pub fn decide_v4(act: u32, src: u32, dst: u32) -> Decision {
     decide(
         copy,
         when(act, active::V4_DST, || {
-            v4(copy, direction::DST, &EB_V4_RNG_DST, dst)
+            v4(act, direction::DST, &EB_V4_RNG_DST, dst)
         }),
         || {
             when(act, active::V4_SRC, || {
-                v4(copy, direction::SRC, &EB_V4_RNG_SRC, src)
+                v4(act, direction::SRC, &EB_V4_RNG_SRC, src)
             })
         },
     )

@@ -90,8 +90,17 @@ impl Tables {
     fn read(maps: &Maps) -> Result<Self, MapsError> {
         let act = maps.active_word()?;
         let copy = act & active::COPY;
-        let v4 = |bit: u32, dir| (act & bit != 0).then(|| maps.v4.read(copy, dir)).flatten();
-        let v6 = |bit: u32, dir| (act & bit != 0).then(|| maps.v6.read(copy, dir)).flatten();
+        let v4 = |bit: u32, dir| {
+            let indexed = act & active::v4_indexed(dir) != 0;
+            (act & bit != 0)
+                .then(|| maps.v4.read(copy, dir, indexed))
+                .flatten()
+        };
+        let v6 = |bit: u32, dir| {
+            (act & bit != 0)
+                .then(|| maps.v6.read(copy, dir, false))
+                .flatten()
+        };
         Ok(Self {
             v4_dst: v4(active::V4_DST, direction::DST),
             v4_src: v4(active::V4_SRC, direction::SRC),
@@ -690,11 +699,15 @@ impl Plan {
                     source,
                 })?;
         }
+        // Which IPv4 tables the program finds through their index.
+        let mut active = copy;
         for (built, dir) in [
             (&self.v4_dst, direction::DST),
             (&self.v4_src, direction::SRC),
         ] {
-            maps.v4.write(copy, dir, &built.table, &built.record);
+            if maps.v4.write(copy, dir, &built.table, &built.record) {
+                active |= active::v4_indexed(dir);
+            }
         }
         for (built, dir) in [
             (&self.v6_dst, direction::DST),
@@ -703,7 +716,6 @@ impl Plan {
             maps.v6.write(copy, dir, &built.table, &built.record);
         }
         // The program skips the lookups of a table without prefixes.
-        let mut active = copy;
         for (empty, bit) in [
             (self.v4_dst.record.is_empty(), active::V4_DST),
             (self.v4_src.record.is_empty(), active::V4_SRC),

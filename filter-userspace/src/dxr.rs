@@ -22,7 +22,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 use std::collections::HashMap;
 
-use filter_common::{Chunk, Range6, dxr};
+use filter_common::{Chunk, Range6, Region, dxr};
 
 /// A range table of either family, before encoding for its map.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -633,6 +633,61 @@ impl Packed {
     }
 }
 
+/// The index of an IPv4 table's chunks (`EB_V4_INDEX`, one `Region` per 64 chunks) and the
+/// chunks it says are stored, in order: every chunk but the leaves with their region's result,
+/// which is the result most of the region's leaves have (ties to the first).
+pub fn index(direct: &[Chunk]) -> (Vec<Region>, Vec<Chunk>) {
+    let per = 1usize << dxr::REGION_BITS;
+    let mut regions = Vec::with_capacity(direct.len() / per);
+    let mut stored = Vec::new();
+    let mut counts: Vec<(u32, u32)> = Vec::with_capacity(per);
+    for chunks in direct.chunks(per) {
+        counts.clear();
+        for c in chunks.iter().filter(|c| c.kind() == Chunk::LEAF) {
+            let r = c.hi as u32;
+            match counts.iter_mut().find(|(x, _)| *x == r) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((r, 1)),
+            }
+        }
+        // The first of the most frequent: `max_by_key` keeps the last of equals.
+        let leaf = counts
+            .iter()
+            .rev()
+            .max_by_key(|&&(_, n)| n)
+            .map_or(0, |&(r, _)| r);
+        let mut region = Region {
+            present: 0,
+            base: stored.len() as u32,
+            leaf,
+        };
+        for (bit, c) in chunks.iter().enumerate() {
+            if *c != Chunk::leaf(leaf) {
+                region.present |= 1 << bit;
+                stored.push(*c);
+            }
+        }
+        regions.push(region);
+    }
+    (regions, stored)
+}
+
+/// The chunks of a table back from its index (`index`); `stored(i)` gives stored chunk `i`.
+/// `None` when the index names a chunk `stored` does not have.
+pub fn unindex(regions: &[Region], stored: impl Fn(usize) -> Option<Chunk>) -> Option<Vec<Chunk>> {
+    let per = 1u32 << dxr::REGION_BITS;
+    let mut direct = Vec::with_capacity(regions.len() * per as usize);
+    for r in regions {
+        for bit in 0..per {
+            direct.push(match r.stored(bit) {
+                Some(at) => stored(at as usize)?,
+                None => Chunk::leaf(r.leaf),
+            });
+        }
+    }
+    Some(direct)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -905,6 +960,78 @@ mod tests {
             check(&prefixes, &mut seed);
             assert!(round < 60);
         }
+    }
+
+    #[test]
+    fn the_branch_free_count_of_ones_is_count_ones() {
+        let mut seed = 11;
+        for x in [0, 1, u64::MAX, 1 << 63, 0x5555_5555_5555_5555]
+            .into_iter()
+            .chain((0..10_000).map(|_| next(&mut seed) >> (next(&mut seed) % 64)))
+        {
+            assert_eq!(filter_common::ones(x), x.count_ones(), "{x:#x}");
+        }
+    }
+
+    /// Every chunk of `direct` as the program finds it through `index`'s regions.
+    fn through_the_index(direct: &[Chunk]) -> (usize, Vec<Chunk>) {
+        let (regions, stored) = index(direct);
+        assert_eq!(regions.len() << dxr::REGION_BITS, direct.len());
+        let found = (0..direct.len() as u32)
+            .map(|c| {
+                let r = regions[(c >> dxr::REGION_BITS) as usize];
+                match r.stored(c & ((1 << dxr::REGION_BITS) - 1)) {
+                    Some(at) => stored[at as usize],
+                    None => Chunk::leaf(r.leaf),
+                }
+            })
+            .collect();
+        let back = unindex(&regions, |i| stored.get(i).copied()).expect("in range");
+        assert_eq!(back, direct, "unindex gives the table back");
+        if !stored.is_empty() {
+            assert_eq!(unindex(&regions, |_| None), None, "a stored chunk missing");
+        }
+        (stored.len(), found)
+    }
+
+    #[test]
+    fn an_index_stores_only_chunks_other_than_their_regions_leaf() {
+        let mut seed = 5;
+        // Short lists under covering prefixes of other results: regions whose leaf is not 0.
+        for round in 0..20 {
+            let mut prefixes = random_policy(&mut seed, 1 + round * 20, &[1, 2, 3]);
+            prefixes.insert(net("10.0.0.0/8"), 4);
+            prefixes.insert(net("10.64.0.0/10"), 0);
+            prefixes.insert(net("172.16.0.0/12"), 5);
+            let packed = Dxr::build(prefixes.iter().map(|(p, r)| (*p, *r))).pack();
+            let (stored, found) = through_the_index(&packed.direct);
+            assert_eq!(found, packed.direct, "round {round}");
+            assert!(
+                stored
+                    <= packed
+                        .direct
+                        .iter()
+                        .filter(|c| **c != Chunk::leaf(0))
+                        .count(),
+                "no more stored than chunks other than an empty leaf"
+            );
+        }
+        // An empty table stores nothing; a table of one leaf everywhere neither.
+        let empty = Dxr::build(std::iter::empty()).pack();
+        assert_eq!(through_the_index(&empty.direct).0, 0);
+        let everywhere = Dxr::build([(net("0.0.0.0/0"), 7)]).pack();
+        assert_eq!(through_the_index(&everywhere.direct).0, 0);
+        // A region of chunks that are all different is stored whole, in order.
+        let mut dense = vec![Chunk::leaf(0); dxr::V4_CHUNKS as usize];
+        for (i, c) in dense.iter_mut().enumerate().take(64) {
+            *c = Chunk::leaf(i as u32);
+        }
+        let (stored, found) = through_the_index(&dense);
+        assert_eq!(
+            (stored, found),
+            (63, dense.clone()),
+            "one of the 64 is the leaf"
+        );
     }
 
     #[test]

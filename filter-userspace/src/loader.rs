@@ -42,7 +42,8 @@ pub const SAMPLER_NAME: &str = "edgeblock_sample";
 
 /// Maps the program declares (the loader pins them). `EB_RULES` and the prefix records are
 /// created by userspace: the program never reads them.
-const PROGRAM_MAPS: [&str; 15] = [
+const PROGRAM_MAPS: [&str; 16] = [
+    names::V4_INDEX,
     names::V4_DIRECT,
     names::V4_PALETTE,
     names::V4_RANGES_DST,

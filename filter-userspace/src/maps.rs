@@ -17,7 +17,7 @@ use aya::{
 };
 use filter_common::{
     Chunk, Config, Counter, MAX_NOTICE_TARGETS, MAX_RULES, NoticeTarget, RULE_NAME_LEN, Range6,
-    RuleEntry, RuleMeta, maps as names, stat,
+    Region, RuleEntry, RuleMeta, maps as names, stat,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use thiserror::Error;
@@ -162,6 +162,8 @@ pub trait Family {
     const DIRECT: &'static str;
     /// The palette map of the inline chunks, for a family that has them.
     const PALETTE: Option<&'static str>;
+    /// The index map of a family whose direct tables store only some chunks (`dxr::index`).
+    const INDEX: Option<&'static str>;
     const RECORD_DST: &'static str;
     const RECORD_SRC: &'static str;
     /// Entries of one direct table.
@@ -194,6 +196,7 @@ impl Family for V4 {
     const RANGES_SRC: &'static str = names::V4_RANGES_SRC;
     const DIRECT: &'static str = names::V4_DIRECT;
     const PALETTE: Option<&'static str> = Some(names::V4_PALETTE);
+    const INDEX: Option<&'static str> = Some(names::V4_INDEX);
     const RECORD_DST: &'static str = names::V4_RECORD_DST;
     const RECORD_SRC: &'static str = names::V4_RECORD_SRC;
     const CHUNKS: usize = filter_common::dxr::V4_CHUNKS as usize;
@@ -248,6 +251,7 @@ impl Family for V6 {
     const RANGES_SRC: &'static str = names::V6_RANGES_SRC;
     const DIRECT: &'static str = names::V6_DIRECT;
     const PALETTE: Option<&'static str> = None;
+    const INDEX: Option<&'static str> = None;
     const RECORD_DST: &'static str = names::V6_RECORD_DST;
     const RECORD_SRC: &'static str = names::V6_RECORD_SRC;
     const CHUNKS: usize = filter_common::dxr::V6_CHUNKS as usize;
@@ -302,6 +306,11 @@ pub struct Ranges<F: Family> {
     pub direct: MmapArray<F::Direct>,
     /// u64 values: an mmapable array's elements are 8 bytes apart.
     pub palette: Option<MmapArray<u64>>,
+    pub index: Option<MmapArray<Region>>,
+    /// `write` indexes a table when at most this many of its chunks are stored
+    /// (`dxr::INDEXED_MAX`; 0: never). Changing it changes only how later writes lay tables
+    /// out, never what they match: the tests apply policies both ways.
+    pub index_max: usize,
     pub dst: MmapArray<F::Range>,
     pub src: MmapArray<F::Range>,
     pub record_dst: MmapArray<F::Record>,
@@ -315,6 +324,10 @@ impl<F: Family> Ranges<F> {
             palette: F::PALETTE
                 .map(|name| MmapArray::open(pins, name))
                 .transpose()?,
+            index: F::INDEX
+                .map(|name| MmapArray::open(pins, name))
+                .transpose()?,
+            index_max: filter_common::dxr::INDEXED_MAX as usize,
             dst: MmapArray::open(pins, F::RANGES_DST)?,
             src: MmapArray::open(pins, F::RANGES_SRC)?,
             record_dst: MmapArray::open(pins, F::RECORD_DST)?,
@@ -364,14 +377,16 @@ impl<F: Family> Ranges<F> {
 
     /// Write one direction of the copy the program does not use: the record first (its count
     /// last), then, unless it is empty, the ranges and the palette, then the direct table
-    /// pointing at them.
+    /// pointing at them: every chunk, or for a family with an index and a table where at most
+    /// `index_max` chunks are more than their region's leaf, those chunks and the index.
+    /// Returns whether the table is indexed (`EB_ACTIVE` must say so).
     pub fn write(
         &mut self,
         copy: u32,
         direction: u8,
         table: &crate::dxr::Packed,
         record: &[F::Record],
-    ) {
+    ) -> bool {
         let all = if direction == filter_common::direction::SRC {
             self.record_src.as_mut_slice()
         } else {
@@ -385,7 +400,7 @@ impl<F: Family> Ranges<F> {
             // `apply` leaves a table without prefixes out of `EB_ACTIVE`, and the program then
             // never reads it: writing its table of leaves (8 or 16 MiB) would only slow every
             // apply down.
-            return;
+            return false;
         }
         let cap = self.capacity(direction);
         let base = copy as usize * cap;
@@ -401,20 +416,43 @@ impl<F: Family> Ranges<F> {
             }
         }
         let at = table_index * F::CHUNKS;
-        for (slot, chunk) in self.direct.as_mut_slice()[at..at + F::CHUNKS]
-            .iter_mut()
-            .zip(&table.direct)
-        {
-            // A slice's first index is relative to the copy: the program indexes the whole map.
-            *slot = F::direct(chunk, base as u64);
+        let slots = &mut self.direct.as_mut_slice()[at..at + F::CHUNKS];
+        // A slice's first index is relative to the copy: the program indexes the whole map.
+        let mut put = |chunks: &[Chunk]| {
+            for (slot, chunk) in slots.iter_mut().zip(chunks) {
+                *slot = F::direct(chunk, base as u64);
+            }
+        };
+        // Only a table with few chunks that are more than a leaf can be indexed.
+        let max = self.index_max;
+        let sparse = || {
+            let more = table.direct.iter().filter(|c| c.kind() != Chunk::LEAF);
+            max > 0 && more.count() <= max
+        };
+        match &mut self.index {
+            Some(index) if sparse() => {
+                let (regions, stored) = crate::dxr::index(&table.direct);
+                if stored.len() > max {
+                    put(&table.direct);
+                    return false;
+                }
+                put(&stored);
+                let n = regions.len();
+                index.as_mut_slice()[table_index * n..][..n].copy_from_slice(&regions);
+                true
+            }
+            _ => {
+                put(&table.direct);
+                false
+            }
         }
     }
 
-    /// One direction's table in copy `copy`, as `write` left it: what `apply` patches when a
-    /// change is small (`dxr::patch`). Its ranges are gathered chunk by chunk, so the result is
-    /// a table of its own whatever the layout of the map. `None` when a slice points outside
-    /// the map (not a table `write` made).
-    pub fn read(&self, copy: u32, direction: u8) -> Option<crate::dxr::Packed> {
+    /// One direction's table in copy `copy`, as `write` left it (`indexed`: what it
+    /// returned): what `apply` patches when a change is small (`dxr::patch`). Its ranges are
+    /// gathered chunk by chunk, so the result is a table of its own whatever the layout of the
+    /// map. `None` when a slice or the index points outside the map (not a table `write` made).
+    pub fn read(&self, copy: u32, direction: u8, indexed: bool) -> Option<crate::dxr::Packed> {
         let base = copy as u64 * self.capacity(direction) as u64;
         let table_index = (copy * 2 + u32::from(direction)) as usize;
         let all = if direction == filter_common::direction::SRC {
@@ -423,10 +461,18 @@ impl<F: Family> Ranges<F> {
             self.dst.as_slice()
         };
         let at = table_index * F::CHUNKS;
+        let slots = &self.direct.as_slice()[at..at + F::CHUNKS];
+        let chunks = match &self.index {
+            Some(index) if indexed => {
+                let n = F::CHUNKS >> filter_common::dxr::REGION_BITS;
+                let regions = index.as_slice().get(table_index * n..)?.get(..n)?;
+                crate::dxr::unindex(regions, |i| slots.get(i).map(|d| F::undirect(d, base)))?
+            }
+            _ => slots.iter().map(|d| F::undirect(d, base)).collect(),
+        };
         let (mut starts, mut results) = (Vec::new(), Vec::new());
         let mut direct = Vec::with_capacity(F::CHUNKS);
-        for d in &self.direct.as_slice()[at..at + F::CHUNKS] {
-            let chunk = F::undirect(d, base);
+        for chunk in chunks {
             if chunk.kind() != Chunk::SLICE {
                 direct.push(chunk);
                 continue;
@@ -470,6 +516,9 @@ impl<F: Family> Ranges<F> {
         ];
         if let Some(palette) = &self.palette {
             all.push((palette.name, palette.memlock()?));
+        }
+        if let Some(index) = &self.index {
+            all.push((index.name, index.memlock()?));
         }
         Ok(all)
     }
