@@ -556,7 +556,8 @@ pub mod maps {
     pub const RULE_STATS: &str = "EB_RULE_STATS";
     pub const STATS: &str = "EB_STATS";
     pub const CONFIG: &str = "EB_CONFIG";
-    /// Per table, the chunks its index (`V4_INDEX`) says are stored, one after the other.
+    /// Per table, every chunk in order, or for a table `ACTIVE` says is indexed, the chunks
+    /// its index (`V4_INDEX`) says are stored, one after the other.
     pub const V4_DIRECT: &str = "EB_V4_DIRECT";
     /// Per table (copy * 2 + direction), a [`super::Region`] per 64 chunks.
     pub const V4_INDEX: &str = "EB_V4_INDEX";
