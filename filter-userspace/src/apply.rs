@@ -831,27 +831,13 @@ pub fn apply(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use filter_common::action;
 
     use super::*;
     use crate::{compile::compile, policy};
 
     fn compiled(text: &str) -> Compiled {
-        let policy = policy::parse(
-            text,
-            Path::new("policy.toml"),
-            jiff::Timestamp::UNIX_EPOCH,
-            |p| {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    p.display().to_string(),
-                ))
-            },
-        )
-        .unwrap_or_else(|e| panic!("test policy must be valid:\n{e}"));
-        compile(&policy)
+        compile(&policy::for_test(text))
     }
 
     /// The live state a plan would leave, as if it had been executed.

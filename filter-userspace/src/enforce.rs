@@ -116,19 +116,9 @@ mod tests {
     use super::*;
     use crate::policy;
 
-    fn parse(text: &str) -> Policy {
-        policy::parse(text, Path::new("p.toml"), Timestamp::UNIX_EPOCH, |p| {
-            Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                p.display().to_string(),
-            ))
-        })
-        .unwrap_or_else(|e| panic!("test policy must be valid:\n{e}"))
-    }
-
     #[test]
     fn without_blocks_the_policy_is_used_as_is_and_reserved_names_are_still_refused() {
-        let reserved = parse(
+        let reserved = policy::for_test(
             "[[rule]]\nname = \"runtime-drop-dst\"\naction = \"drop\"\nprefixes = [\"203.0.113.0/24\"]\n",
         );
         match prepare(&reserved, &[], Path::new("b"), Timestamp::UNIX_EPOCH) {
@@ -138,7 +128,7 @@ mod tests {
             Err(e) => panic!("expected the reserved name to be refused, got {e}"),
             Ok(_) => panic!("a reserved rule name must be refused without blocks too"),
         }
-        let policy = parse(
+        let policy = policy::for_test(
             "[[rule]]\nname = \"origin\"\naction = \"drop\"\nprefixes = [\"203.0.113.0/24\"]\n",
         );
         let prepared = prepare(&policy, &[], Path::new("b"), Timestamp::UNIX_EPOCH)

@@ -1975,6 +1975,19 @@ impl Validator<'_> {
     }
 }
 
+/// A policy for other modules' tests, as file `p.toml`: it must be valid, has no includes,
+/// and is parsed at the Unix epoch.
+#[cfg(test)]
+pub(crate) fn for_test(text: &str) -> Policy {
+    parse(text, Path::new("p.toml"), Timestamp::UNIX_EPOCH, |p| {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            p.display().to_string(),
+        ))
+    })
+    .unwrap_or_else(|e| panic!("test policy must be valid:\n{e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

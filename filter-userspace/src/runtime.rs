@@ -413,16 +413,6 @@ mod tests {
         fs::remove_dir_all(&dir).expect("clean up");
     }
 
-    fn policy(text: &str) -> Policy {
-        policy::parse(text, Path::new("p.toml"), Timestamp::UNIX_EPOCH, |p| {
-            Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                p.display().to_string(),
-            ))
-        })
-        .unwrap_or_else(|e| panic!("test policy must be valid:\n{e}"))
-    }
-
     fn block(prefix: &str, action: BlockAction, expires: Option<i64>) -> RuntimeBlock {
         RuntimeBlock {
             prefix: prefix.parse().expect("test prefix"),
@@ -450,7 +440,7 @@ expires = "2030-01-01T00:00:00Z"
 
     #[test]
     fn runtime_block_wins_for_the_same_prefix_and_expired_entries_leave() {
-        let p = policy(POLICY);
+        let p = policy::for_test(POLICY);
         let blocks = [
             block("203.0.113.0/24", BlockAction::Pass, None),
             block("192.0.2.7/32", BlockAction::Drop, Some(100)),
@@ -475,7 +465,7 @@ expires = "2030-01-01T00:00:00Z"
 
     #[test]
     fn merge_keeps_rules_exactly_when_the_merged_policy_compiles_the_same() {
-        let p = policy(POLICY);
+        let p = policy::for_test(POLICY);
         let now = Timestamp::from_second(100).expect("time");
         let expired = [block("192.0.2.7/32", BlockAction::Drop, Some(100))];
         let in_force = [block("192.0.2.7/32", BlockAction::Drop, Some(101))];
@@ -494,7 +484,7 @@ expires = "2030-01-01T00:00:00Z"
 
     #[test]
     fn policy_rules_leave_at_their_expiry_and_the_next_one_is_found() {
-        let p = policy(POLICY);
+        let p = policy::for_test(POLICY);
         let at = Timestamp::from_second(1_893_456_000).expect("2030-01-01");
         let before = merge(
             &p,
@@ -520,7 +510,7 @@ expires = "2030-01-01T00:00:00Z"
 
     #[test]
     fn reserved_names_are_refused_with_their_line() {
-        let p = policy(
+        let p = policy::for_test(
             "[[rule]]\nname = \"runtime-drop-dst\"\naction = \"drop\"\nprefixes = [\"203.0.113.0/24\"]\n",
         );
         let err = merge(&p, &[], Path::new("b"), Timestamp::UNIX_EPOCH)
