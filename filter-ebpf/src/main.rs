@@ -14,7 +14,6 @@ mod sample;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::generated::bpf_xdp_get_buff_len,
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
@@ -53,18 +52,19 @@ enum Outcome {
 }
 
 // `frags`: the program copes with multi-buffer frames (it only reads headers from the linear
-// part, and counts bytes with bpf_xdp_get_buff_len), so it can sit on jumbo-MTU interfaces.
+// part, and counts every buffer's bytes: `parse::frame_len`), so it can sit on jumbo-MTU
+// interfaces.
 #[xdp(frags)]
 pub fn edgeblock(ctx: XdpContext) -> u32 {
     // Once per packet: the parser and every counter use it. Bytes counted are those of the
     // packet as it arrived, before any rewrite.
-    // SAFETY: ctx.ctx is the xdp_md the kernel passed to this program.
-    let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+    let mut len = parse::frame_len(&ctx) as u64;
     // Once per packet: the table copy and which of its tables to search.
     let act = lookup::active();
-    match try_filter(&ctx, act, len) {
+    match try_filter(&ctx, act, &mut len) {
         Ok(Outcome::NonIp) => {
-            count(&EB_STATS, stat::NON_IP, len);
+            // `len` may be the first buffer's alone; this path is rare enough to measure all.
+            count(&EB_STATS, stat::NON_IP, parse::whole_len(&ctx) as u64);
             XDP_PASS
         }
         Ok(Outcome::NoMatch(shadow)) => {
@@ -92,6 +92,8 @@ pub fn edgeblock(ctx: XdpContext) -> u32 {
             }
         }
         Err(ParseError::Malformed) => {
+            // As for NonIp.
+            let len = parse::whole_len(&ctx) as u64;
             count(&EB_STATS, stat::MALFORMED, len);
             // Only the malformed path pays for the config lookup.
             let pass = EB_CONFIG
@@ -142,10 +144,12 @@ fn rewrite(ctx: &XdpContext, entry: &RuleEntry, pkt: &Packet, len: u64) -> u32 {
 }
 
 /// Headers, lookups, then the rest of the headers (the IPv6 extension-header walk): a packet
-/// whose headers do not hold together is malformed whatever its addresses match.
+/// whose headers do not hold together is malformed whatever its addresses match. `len` is
+/// the frame's length, made whole if the IP header shows it reaches past the first buffer.
 #[inline(always)]
-fn try_filter(ctx: &XdpContext, act: u32, len: u64) -> Result<Outcome, ParseError> {
-    let fixed = parse::headers(ctx, len as usize)?;
+fn try_filter(ctx: &XdpContext, act: u32, len: &mut u64) -> Result<Outcome, ParseError> {
+    let fixed = parse::headers(ctx, *len as usize)?;
+    *len = fixed.len as u64;
     let decision = match fixed.family {
         parse::FAMILY_V4 => lookup::decide_v4(act, fixed.src4(), fixed.dst4()),
         parse::FAMILY_V6 => lookup::decide_v6(act, &fixed.src, &fixed.dst),

@@ -7,7 +7,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
 
 pub enum ParseError {
     /// Truncated, inconsistent or deeper than we are willing to walk.
@@ -177,6 +177,9 @@ pub struct Fixed {
     next: u8,
     ip_len: usize,
     later_fragment: bool,
+    /// The frame's length: `frame_len`'s, or for an IP datagram that reaches past the first
+    /// buffer, every buffer's (`fits`).
+    pub len: usize,
 }
 
 pub const FAMILY_NONE: u8 = 0;
@@ -224,8 +227,50 @@ fn blur(off: usize, unknown: usize) -> usize {
     core::hint::black_box(off ^ m) ^ m
 }
 
-/// Ethernet, VLAN tags, and the fixed part of the IP header. `len` is the whole frame's
-/// length (all fragments of a multi-buffer frame), from `bpf_xdp_get_buff_len`.
+/// A frame whose linear part is shorter than this is whole, not the first buffer of several:
+/// drivers start a frame's second buffer only once the first is full, and their buffers hold
+/// at least 2 KiB (a page less head- and tailroom in veth, generic XDP, i40e, ice, mlx5, bnxt).
+pub const WHOLE_BELOW: usize = 2048;
+
+/// The frame's length, every buffer of a multi-buffer frame included, as far as it can be
+/// known before the headers are read. `bpf_xdp_get_buff_len` is a helper call, 5-7 ns a
+/// packet on the AMD EPYC guest of docs/performance.md (a fifth of a bare `XDP_DROP`), so a
+/// frame shorter than `WHOLE_BELOW` (every frame of a flood) is measured by its linear part.
+/// Should a first buffer that short have more behind it, the IP header says so, and `fits`
+/// measures the whole frame; frames that are not IP, or are malformed, are counted by
+/// `whole_len` (rare paths).
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    let linear = ctx.data_end() - ctx.data();
+    if linear < WHOLE_BELOW {
+        linear
+    } else {
+        whole_len(ctx)
+    }
+}
+
+/// The frame's length, every buffer included, by helper call.
+#[inline(always)]
+pub fn whole_len(ctx: &XdpContext) -> usize {
+    // SAFETY: ctx.ctx is the xdp_md the kernel passed to the program.
+    unsafe { bpf_xdp_get_buff_len(ctx.ctx) as usize }
+}
+
+/// The frame's length if an IP datagram of `ip_len` bytes at `l3_off` fits in it (trailing
+/// Ethernet padding is fine, a datagram cut short is not), else None. `len` is `frame_len`'s,
+/// which may be the first buffer alone: a datagram that seems longer is measured against
+/// every buffer before it counts as cut short, and then that is the frame's length.
+#[inline(always)]
+fn fits(ctx: &XdpContext, len: usize, l3_off: usize, ip_len: usize) -> Option<usize> {
+    if ip_len <= len.saturating_sub(l3_off) {
+        return Some(len);
+    }
+    let whole = whole_len(ctx);
+    (ip_len <= whole.saturating_sub(l3_off)).then_some(whole)
+}
+
+/// Ethernet, VLAN tags, and the fixed part of the IP header. `len` is the frame's length
+/// from `frame_len`.
 #[inline(always)]
 pub fn headers(ctx: &XdpContext, len: usize) -> Result<Fixed, ParseError> {
     let mut c = Cursor::new(ctx);
@@ -244,10 +289,9 @@ pub fn headers(ctx: &XdpContext, len: usize) -> Result<Fixed, ParseError> {
     // verifier would walk everything after this once per depth. As one range for all three
     // it walks it once (a third of the load time).
     c.off = blur(c.off, len);
-    let remaining = len.saturating_sub(c.off);
     match proto {
-        ETH_P_IP => ipv4(&mut c, remaining),
-        ETH_P_IPV6 => ipv6(&mut c, remaining),
+        ETH_P_IP => ipv4(&mut c, len),
+        ETH_P_IPV6 => ipv6(&mut c, len),
         ETH_P_8021Q | ETH_P_8021AD => Err(ParseError::Malformed),
         _ => Ok(Fixed {
             family: FAMILY_NONE,
@@ -258,6 +302,7 @@ pub fn headers(ctx: &XdpContext, len: usize) -> Result<Fixed, ParseError> {
             next: L4_NONE,
             ip_len: 0,
             later_fragment: false,
+            len,
         }),
     }
 }
@@ -269,7 +314,7 @@ fn wide(a: [u8; 4]) -> [u64; 2] {
 }
 
 #[inline(always)]
-fn ipv4(c: &mut Cursor<'_>, remaining: usize) -> Result<Fixed, ParseError> {
+fn ipv4(c: &mut Cursor<'_>, len: usize) -> Result<Fixed, ParseError> {
     let l3_off = c.off;
     let ip: *const Ipv4Hdr = c.peek()?;
     // SAFETY: `peek` checked that the fixed 20-byte header lies in the packet.
@@ -291,11 +336,11 @@ fn ipv4(c: &mut Cursor<'_>, remaining: usize) -> Result<Fixed, ParseError> {
         return Err(ParseError::Malformed);
     }
     let tot_len = usize::from(u16::from_be_bytes(tot_len));
-    // The datagram must hold its own header and fit in the frame (trailing Ethernet padding
-    // is fine, a datagram cut short is not).
-    if tot_len < ihl || tot_len > remaining {
+    // The datagram must hold its own header and fit in the frame.
+    if tot_len < ihl {
         return Err(ParseError::Malformed);
     }
+    let len = fits(c.ctx, len, l3_off, tot_len).ok_or(ParseError::Malformed)?;
     // Options included: the whole header must be present.
     c.skip(ihl)?;
     let later_fragment = u16::from_be_bytes(frag_off) & 0x1fff != 0;
@@ -308,11 +353,12 @@ fn ipv4(c: &mut Cursor<'_>, remaining: usize) -> Result<Fixed, ParseError> {
         next: if later_fragment { L4_NONE } else { proto },
         ip_len: tot_len,
         later_fragment,
+        len,
     })
 }
 
 #[inline(always)]
-fn ipv6(c: &mut Cursor<'_>, remaining: usize) -> Result<Fixed, ParseError> {
+fn ipv6(c: &mut Cursor<'_>, len: usize) -> Result<Fixed, ParseError> {
     let l3_off = c.off;
     let ip: *const Ipv6Hdr = c.take()?;
     // SAFETY: `take` checked that the 40-byte header lies in the packet.
@@ -330,9 +376,8 @@ fn ipv6(c: &mut Cursor<'_>, remaining: usize) -> Result<Fixed, ParseError> {
     }
     let payload_len = usize::from(u16::from_be_bytes(payload_len));
     // payload_len 0 is a jumbogram (RFC 2675): the length is in a hop-by-hop option.
-    if payload_len > remaining.saturating_sub(size_of::<Ipv6Hdr>()) {
-        return Err(ParseError::Malformed);
-    }
+    let len = fits(c.ctx, len, l3_off, size_of::<Ipv6Hdr>() + payload_len)
+        .ok_or(ParseError::Malformed)?;
     Ok(Fixed {
         family: FAMILY_V6,
         src,
@@ -342,6 +387,7 @@ fn ipv6(c: &mut Cursor<'_>, remaining: usize) -> Result<Fixed, ParseError> {
         next,
         ip_len: size_of::<Ipv6Hdr>() + payload_len,
         later_fragment: false,
+        len,
     })
 }
 

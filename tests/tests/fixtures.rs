@@ -613,6 +613,57 @@ fn fixture_table() {
     );
 }
 
+/// A multi-buffer frame whose first buffer holds little more than the headers (the program
+/// measures short frames by their first buffer, without a helper call): judged and counted
+/// whole all the same, IP or not, and a datagram longer than all its buffers is still
+/// malformed.
+#[test]
+fn frames_with_a_short_first_buffer_are_judged_and_counted_whole() {
+    let mut h = Harness::new();
+    h.apply(POLICY);
+    let jumbo: Vec<Fixture> = fixtures()
+        .into_iter()
+        .filter(|f| f.name.contains("jumbo"))
+        .collect();
+    assert_eq!(jumbo.len(), 2);
+    let mut cut_short = jumbo[0].frame.clone();
+    cut_short.truncate(cut_short.len() - 100);
+    for (name, frame, verdict, counters) in [
+        (
+            jumbo[0].name,
+            jumbo[0].frame.clone(),
+            XDP_DROP,
+            vec!["rule block-origin", "drop"],
+        ),
+        (
+            jumbo[1].name,
+            jumbo[1].frame.clone(),
+            XDP_PASS,
+            vec!["no_match"],
+        ),
+        (
+            "v4 jumbo cut short",
+            cut_short,
+            XDP_DROP,
+            vec!["malformed", "malformed_dropped"],
+        ),
+        (
+            "jumbo ARP",
+            Frame::arp(client4(), v4("203.0.113.9"))
+                .pad_to(9000)
+                .build(),
+            XDP_PASS,
+            vec!["non_ip"],
+        ),
+    ] {
+        let want = Effect::new(verdict, &counters, frame.len());
+        for first in [128, 200, 1500] {
+            let (got, _) = h.run_split_with_output(&frame, Some(first));
+            assert_eq!(got, want, "{name}, first buffer {first} bytes");
+        }
+    }
+}
+
 #[test]
 fn malformed_frames_pass_when_the_policy_says_so() {
     let mut h = Harness::new();

@@ -174,12 +174,26 @@ impl Harness {
 
     /// The verdict and the frame as the program left it.
     pub fn run_out(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_split(frame, None)
+    }
+
+    /// `run_out`, with the frame's first `first` bytes in its linear part and the rest in
+    /// more buffers (a multi-buffer frame), when given; by default the kernel fills a first
+    /// buffer of about a page.
+    pub fn run_split(&self, frame: &[u8], first: Option<u32>) -> (u32, Vec<u8>) {
         // Room for the frame and anything a rewrite adds to it (a too small buffer fails the
         // run with ENOSPC).
         let mut out = vec![0u8; frame.len() + 4096];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex; data_end is the linear part's length.
+        let ctx: Vec<u8> = [0, first.unwrap_or(0), 0, 0, 0, 0]
+            .iter()
+            .flat_map(|v: &u32| v.to_ne_bytes())
+            .collect();
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: first.is_some().then_some(ctx.as_slice()),
             repeat: 1,
             ..TestRunOptions::default()
         };
@@ -200,8 +214,13 @@ impl Harness {
 
     /// The verdict, the counters one frame moved, and the frame as the program left it.
     pub fn run_with_output(&self, frame: &[u8]) -> (Effect, Vec<u8>) {
+        self.run_split_with_output(frame, None)
+    }
+
+    /// `run_with_output` for a frame split as `run_split` does.
+    pub fn run_split_with_output(&self, frame: &[u8], first: Option<u32>) -> (Effect, Vec<u8>) {
         let before = self.counters();
-        let (verdict, out) = self.run_out(frame);
+        let (verdict, out) = self.run_split(frame, first);
         let moved = self
             .counters()
             .into_iter()
