@@ -362,6 +362,7 @@ mod imp {
         v4: &[V4],
         v6: &[V6],
         frames: &CaseFrames,
+        floor: &Xdp,
     ) -> Result<SizeResult> {
         k::check_interrupt()?;
         let (compiled, compile) = k::compile(v4, v6)?;
@@ -382,7 +383,7 @@ mod imp {
         ];
         let mut out = Vec::new();
         for (case, (frame, expect)) in CASES.iter().zip(cases) {
-            let cost = k::cost(prog, &frame, expect, plan.repeat, plan.runs)
+            let cost = k::cost(prog, &frame, expect, plan.repeat, plan.runs, Some(floor))
                 .with_context(|| case.to_string())?;
             out.push(CaseResult {
                 case,
@@ -661,6 +662,7 @@ mod imp {
                 XDP_DROP,
                 plan.repeat,
                 plan.runs,
+                None,
             )
         });
         let mut sizes = Vec::new();
@@ -688,8 +690,16 @@ mod imp {
             }
             let mut filter = filter.context("loading edgeblock")?;
             for &n in &plan.v4_sizes {
-                let result = size_row(&mut filter, &cli, &plan, &v4[..n], &v6, &frames)
-                    .map_err(|e| format!("{e:#}"));
+                let result = size_row(
+                    &mut filter,
+                    &cli,
+                    &plan,
+                    &v4[..n],
+                    &v6,
+                    &frames,
+                    floor_prog(&floor_obj)?,
+                )
+                .map_err(|e| format!("{e:#}"));
                 match &result {
                     Ok(r) => eprintln!(
                         "   {} v4: {}",

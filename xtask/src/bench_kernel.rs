@@ -106,29 +106,59 @@ pub fn apply(filter: &mut Filter, compiled: &Compiled) -> Result<Duration, apply
 /// `runs` calls of `BPF_PROG_TEST_RUN` with `repeat` repetitions each; every call must return
 /// `expect`. Records the kernel's average per repetition (whole ns) and the wall time of the
 /// call divided by `repeat` (sub-ns resolution, plus the call's fixed cost spread thin).
-pub fn cost(prog: &Xdp, frame: &[u8], expect: u32, repeat: u32, runs: usize) -> Result<Cost> {
+///
+/// With `floor` (the bare `XDP_DROP` program), each run also calls the floor with the same
+/// frame and repetitions, right before or right after (the order swaps every run), so that
+/// each run's ratio compares two moments seconds apart at most: this machine's speed changes
+/// by half for tens of seconds at a time, and a floor measured once at the start of the
+/// scaling table compared moments minutes apart.
+pub fn cost(
+    prog: &Xdp,
+    frame: &[u8],
+    expect: u32,
+    repeat: u32,
+    runs: usize,
+    floor: Option<&Xdp>,
+) -> Result<Cost> {
     let mut c = Cost::default();
-    for _ in 0..runs {
-        let start = Instant::now();
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
-        let wall = start.elapsed();
-        if r.return_value != expect {
-            bail!(
-                "the program returned {} where {} was expected",
-                action_name(r.return_value),
-                action_name(expect)
-            );
+    for run in 0..runs {
+        let floor_first = run % 2 == 1;
+        if floor_first && let Some(f) = floor {
+            c.floor_ns.push(once(f, frame, XDP_DROP, repeat)?.0);
         }
-        c.kernel_ns.push(r.duration.as_nanos() as u64);
-        c.wall_ns.push(wall.as_nanos() as f64 / f64::from(repeat));
+        let (kernel, wall) = once(prog, frame, expect, repeat)?;
+        c.kernel_ns.push(kernel);
+        c.wall_ns.push(wall);
+        if !floor_first && let Some(f) = floor {
+            c.floor_ns.push(once(f, frame, XDP_DROP, repeat)?.0);
+        }
     }
     Ok(c)
+}
+
+/// One `BPF_PROG_TEST_RUN` call: the kernel's average per repetition (whole ns) and the wall
+/// time per repetition.
+fn once(prog: &Xdp, frame: &[u8], expect: u32, repeat: u32) -> Result<(u64, f64)> {
+    let start = Instant::now();
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    let wall = start.elapsed();
+    if r.return_value != expect {
+        bail!(
+            "the program returned {} where {} was expected",
+            action_name(r.return_value),
+            action_name(expect)
+        );
+    }
+    Ok((
+        r.duration.as_nanos() as u64,
+        wall.as_nanos() as f64 / f64::from(repeat),
+    ))
 }
 
 /// An `edgeblock` CLI invocation on a private pin root, state dir and data dir (under the
