@@ -1348,7 +1348,10 @@ mod tests {
         row.cases[0].cost.floor_ns = vec![7, 7, 8, 8, 8];
         let (text, met) = judged(&r);
         assert_eq!(met, Some(true), "{text}");
-        assert!(text.contains("1.75x floor (in turns with the floor, 8.0 ns)"), "{text}");
+        assert!(
+            text.contains("1.75x floor (in turns with the floor, 8.0 ns)"),
+            "{text}"
+        );
         // A run without its floor is not paired.
         let Ok(row) = &mut r.sizes[1].result else {
             panic!()
