@@ -635,7 +635,7 @@ mod imp {
         );
         let v4 = p::v4_list(args.seed, plan.v4_needed());
         let v6 = p::v6_list(args.seed, plan.v6);
-        let meta = meta(args, &plan, &v4, &v6);
+        let mut meta = meta(args, &plan, &v4, &v6);
         let bpffs = Bpffs::new();
 
         let floor_obj = load_floor()?;
@@ -648,12 +648,22 @@ mod imp {
             .min()
             .unwrap_or(1);
         let hit_index = rng.below(smallest as u64) as usize;
+        let v6_hit_index = rng.below(v6.len() as u64) as usize;
         let frames = CaseFrames {
             v4_hit: (hit_index, v4[hit_index].host(&mut rng)),
             v4_miss: v4_miss(&mut rng),
-            v6_hit: v6[rng.below(v6.len() as u64) as usize].host(&mut rng),
+            v6_hit: v6[v6_hit_index].host(&mut rng),
             v6_miss: v6_miss(&mut rng),
         };
+        // The probes, to look them up again (`edgeblock lookup`) when a case stands out.
+        let probes = serde_json::json!({
+            "v4 hit": format!("{} in {}", frames.v4_hit.1, v4[hit_index]),
+            "v4 miss": frames.v4_miss.to_string(),
+            "v6 hit": format!("{} in {}", frames.v6_hit, v6[v6_hit_index]),
+            "v6 miss": frames.v6_miss.to_string(),
+        });
+        eprintln!("probes: {probes}");
+        meta["probes"] = probes;
 
         let floor = section(args, super::Part::Cost, "per-packet floor", || {
             k::cost(
@@ -769,7 +779,6 @@ mod imp {
         drop(floor_obj);
         drop(bpffs);
 
-        let mut meta = meta;
         meta["took_s"] = json!(started.elapsed().as_secs_f64());
         let report = Report {
             meta,
