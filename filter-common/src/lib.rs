@@ -283,10 +283,61 @@ pub mod dxr {
     /// `EB_V6_DIRECT`.
     pub const TABLES: u32 = 4;
     /// An IPv6 direct entry with this bit set is a leaf: the whole chunk has one result, in the
-    /// low 32 bits, and no ranges are stored for it. Otherwise the low 32 bits are the index of
-    /// the chunk's first range in the range map (the copy's offset included) and bits 32..62
-    /// the number of its ranges. IPv4 direct entries are [`super::Chunk`]s.
+    /// low 32 bits, and no ranges are stored for it. With [`V6_INLINE`] set instead, the chunk
+    /// holds one prefix, in the entry. Otherwise the low 32 bits are the index of the chunk's
+    /// first range in the range map (the copy's offset included) and bits 32..62 the number of
+    /// its ranges. IPv4 direct entries are [`super::Chunk`]s.
     pub const LEAF: u64 = 1 << 63;
+    /// An IPv6 direct entry with this bit set ([`v6_inline`]) holds the chunk's one prefix of
+    /// 21 to 64 bits (nearly every IPv6 block is a /64 or shorter) and two palette indexes
+    /// (`EB_V6_PALETTE`): the result inside the prefix and the result around it. Most chunks
+    /// of an IPv6 list hold one prefix, and their lookups then read no range.
+    pub const V6_INLINE: u64 = 1 << 62;
+    /// Address bits of an inline IPv6 prefix held in its entry: those of the high half below
+    /// the chunk index.
+    pub const V6_NET_BITS: u32 = 64 - V6_DIRECT_BITS;
+    const V6_NET_MASK: u64 = (1 << V6_NET_BITS) - 1;
+    const V6_LEN_AT: u32 = V6_NET_BITS;
+    const V6_INSIDE_AT: u32 = V6_LEN_AT + 6;
+    const V6_OUTSIDE_AT: u32 = V6_INSIDE_AT + PALETTE_BITS;
+    const _: () = assert!(V6_OUTSIDE_AT + PALETTE_BITS <= 62);
+
+    /// An inline IPv6 direct entry: the prefix whose high half is `net` and whose length is
+    /// `len` (more than `V6_DIRECT_BITS`, at most 64), with the palette indexes of the result
+    /// inside it and around it.
+    #[inline(always)]
+    pub const fn v6_inline(net: u64, len: u8, inside: u8, outside: u8) -> u64 {
+        V6_INLINE
+            | ((outside as u64 & (PALETTE as u64 - 1)) << V6_OUTSIDE_AT)
+            | ((inside as u64 & (PALETTE as u64 - 1)) << V6_INSIDE_AT)
+            | (((len as u64).wrapping_sub(V6_DIRECT_BITS as u64) & 63) << V6_LEN_AT)
+            | (net & V6_NET_MASK)
+    }
+
+    /// The palette index an inline IPv6 entry gives an address whose high half is `hi` (in
+    /// the entry's chunk).
+    #[inline(always)]
+    pub const fn v6_inline_slot(entry: u64, hi: u64) -> u32 {
+        // The prefix's bits below the chunk index: V6_NET_BITS less the host bits (64 - len).
+        let bits = (entry >> V6_LEN_AT) & 63;
+        let host = (V6_NET_BITS as u64).wrapping_sub(bits) & 63;
+        let at = if ((hi ^ entry) & V6_NET_MASK) >> host == 0 {
+            V6_INSIDE_AT
+        } else {
+            V6_OUTSIDE_AT
+        };
+        ((entry >> at) & (PALETTE as u64 - 1)) as u32
+    }
+
+    /// The prefix an inline IPv6 entry holds: its high half's bits below the chunk index and
+    /// its length.
+    #[inline(always)]
+    pub const fn v6_inline_prefix(entry: u64) -> (u64, u8) {
+        (
+            entry & V6_NET_MASK,
+            (((entry >> V6_LEN_AT) & 63) + V6_DIRECT_BITS as u64) as u8,
+        )
+    }
 
     /// An IPv6 direct entry for a chunk with one result.
     #[inline(always)]
@@ -305,8 +356,9 @@ pub mod dxr {
     pub const INLINE_BOUNDS: usize = 6;
     /// Bits of one boundary in an inline chunk: an offset in a chunk of 4096 addresses.
     pub const BOUND_BITS: u32 = 32 - V4_DIRECT_BITS;
-    /// Entries of each table's palette (`EB_V4_PALETTE`): an inline chunk names its results by
-    /// their index in its table's palette, which holds the results inline chunks use most.
+    /// Entries of each table's palette (`EB_V4_PALETTE`, `EB_V6_PALETTE`): an inline chunk
+    /// names its results by their index in its table's palette, which holds the results
+    /// inline chunks use most.
     pub const PALETTE: u32 = 1 << PALETTE_BITS;
     /// Bits of a palette index.
     pub const PALETTE_BITS: u32 = 4;
@@ -549,7 +601,7 @@ pub const MAX_V6_PREFIXES: u32 = 1 << 22;
 /// [`maps::ABI`] when it loads the program, and every later `edgeblock` refuses to work on a
 /// program pinned with another: writing one encoding into maps a program reads as another
 /// would turn blocks into passes without an error.
-pub const ABI: u32 = 5;
+pub const ABI: u32 = 6;
 
 /// Map names, shared so the loader and the program cannot disagree.
 pub mod maps {
@@ -566,6 +618,8 @@ pub mod maps {
     pub const V4_RANGES_DST: &str = "EB_V4_RNG_DST";
     pub const V4_RANGES_SRC: &str = "EB_V4_RNG_SRC";
     pub const V6_DIRECT: &str = "EB_V6_DIRECT";
+    /// Per table (copy * 2 + direction), the results inline IPv6 entries name by index.
+    pub const V6_PALETTE: &str = "EB_V6_PALETTE";
     pub const V6_RANGES_DST: &str = "EB_V6_RNG_DST";
     pub const V6_RANGES_SRC: &str = "EB_V6_RNG_SRC";
     /// Per copy, the `RuleEntry` of every rule id: copy * MAX_RULES + rule_id.

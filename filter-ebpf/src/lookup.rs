@@ -7,6 +7,8 @@
 //! (`filter_common::Chunk`) holds up to seven ranges, so with a million prefixes almost every
 //! lookup reads one cache line of the direct table and the table's small palette, which stays
 //! cached: that keeps spread traffic over a million prefixes at one cache miss a packet.
+//! An IPv6 chunk holding one prefix of at most 64 bits keeps it in its entry, as IPv4 chunks
+//! keep a few ranges.
 //! A sparse IPv4 table (a short list) is found through an index of 64-chunk regions
 //! (`filter_common::Region`, 256 KiB a table) that stores only the chunks that are not a leaf
 //! with their region's result, packed: its chunks then fill a few pages, not one page per
@@ -43,6 +45,10 @@ static EB_V4_RNG_SRC: Array<u64> =
 #[map(name = "EB_V6_DIRECT")]
 static EB_V6_DIRECT: Array<u64> =
     Array::with_max_entries(dxr::TABLES * dxr::V6_CHUNKS, BPF_F_MMAPABLE);
+/// Per IPv6 table, the results its inline entries name by palette index.
+#[map(name = "EB_V6_PALETTE")]
+static EB_V6_PALETTE: Array<u64> =
+    Array::with_max_entries(dxr::TABLES * dxr::PALETTE, BPF_F_MMAPABLE);
 #[map(name = "EB_V6_RNG_DST")]
 static EB_V6_RNG_DST: Array<Range6> =
     Array::with_max_entries(2 * dxr::DEFAULT_V6_DST_RANGES, BPF_F_MMAPABLE);
@@ -135,16 +141,22 @@ fn v4(act: u32, dir: u8, ranges: &'static Array<u64>, a: u32) -> u32 {
     }
 }
 
-/// The IPv6 counterpart of `v4`: no inline chunks, 128-bit starts compared as two 64-bit
-/// halves.
+/// The IPv6 counterpart of `v4`: a chunk holding one prefix of at most 64 bits is inline in
+/// its entry (`dxr::V6_INLINE`); slices compare 128-bit starts as two 64-bit halves.
 #[inline(always)]
 fn v6(copy: u32, dir: u8, ranges: &'static Array<Range6>, &[hi, lo]: &[u64; 2]) -> u32 {
+    let table = copy * 2 + u32::from(dir);
     let chunk = (hi >> (64 - dxr::V6_DIRECT_BITS)) as u32;
-    let Some(&d) = EB_V6_DIRECT.get((copy * 2 + u32::from(dir)) * dxr::V6_CHUNKS + chunk) else {
+    let Some(&d) = EB_V6_DIRECT.get(table * dxr::V6_CHUNKS + chunk) else {
         return 0;
     };
     if d & dxr::LEAF != 0 {
         return d as u32;
+    }
+    if d & dxr::V6_INLINE != 0 {
+        return EB_V6_PALETTE
+            .get(table * dxr::PALETTE + dxr::v6_inline_slot(d, hi))
+            .map_or(0, |&r| r as u32);
     }
     in_slice(
         ranges,

@@ -128,13 +128,10 @@ impl Dxr {
         self.results[lo]
     }
 
-    /// The results inline chunks may name (`EB_V4_PALETTE`): the `dxr::PALETTE` most frequent
-    /// among the chunks that are small enough, most frequent first, ties to the lower result.
-    /// Empty when chunks span too many addresses to be inline (IPv6).
+    /// The results inline chunks may name (`EB_V4_PALETTE`, `EB_V6_PALETTE`): the
+    /// `dxr::PALETTE` most frequent among the chunks that are small enough, most frequent
+    /// first, ties to the lower result.
     fn palette(&self) -> Palette {
-        if self.chunk_bits() > dxr::BOUND_BITS {
-            return Palette::new(Vec::new());
-        }
         let chunks = (self.direct.windows(2)).map(|w| &self.results[w[0] as usize..w[1] as usize]);
         Palette::new(most_frequent(chunks, |_| false, dxr::PALETTE as usize))
     }
@@ -363,12 +360,10 @@ pub fn patch<P: Span, V>(
 
     // New results for the palette, most frequent first, while it has room.
     let mut palette = live.palette.clone();
-    if chunk_bits <= dxr::BOUND_BITS {
-        let known = Palette::new(palette.clone());
-        let room = (dxr::PALETTE as usize).saturating_sub(palette.len());
-        let chunks = cuts.iter().map(|(_, c)| c.1.as_slice());
-        palette.extend(most_frequent(chunks, |r| known.slot(r).is_some(), room));
-    }
+    let known = Palette::new(palette.clone());
+    let room = (dxr::PALETTE as usize).saturating_sub(palette.len());
+    let cut = cuts.iter().map(|(_, c)| c.1.as_slice());
+    palette.extend(most_frequent(cut, |r| known.slot(r).is_some(), room));
     let palette = Palette::new(palette);
 
     let mut out = Packed {
@@ -527,7 +522,8 @@ impl Packed {
 
     /// Append the chunk of ranges `starts` (the first at the chunk's first address) with
     /// `results`: a leaf when it has one, inline when it has few and the palette names them
-    /// all, else a slice. `slots` is scratch space.
+    /// all (IPv6: when they are one prefix of at most 64 bits and what is around it), else a
+    /// slice. `slots` is scratch space.
     fn push_chunk(
         &mut self,
         starts: &[u128],
@@ -537,6 +533,16 @@ impl Packed {
     ) {
         if starts.len() == 1 {
             self.direct.push(Chunk::leaf(results[0]));
+            return;
+        }
+        if self.chunk_bits > dxr::BOUND_BITS {
+            match v6_inline(starts, results, self.chunk_bits, palette) {
+                Some(entry) => self.direct.push(Chunk {
+                    lo: Chunk::INLINE,
+                    hi: entry,
+                }),
+                None => self.push_slice(starts, results),
+            }
             return;
         }
         slots.clear();
@@ -581,6 +587,10 @@ impl Packed {
         };
         match c.kind() {
             Chunk::LEAF => return c.hi as u32,
+            Chunk::INLINE if self.chunk_bits > dxr::BOUND_BITS => {
+                let slot = dxr::v6_inline_slot(c.hi, (addr >> 64) as u64);
+                return self.palette.get(slot as usize).copied().unwrap_or(0);
+            }
             Chunk::INLINE => {
                 let offset = (addr & ((1u128 << self.chunk_bits) - 1)) as u32;
                 return self
@@ -631,6 +641,33 @@ impl Packed {
             })
             .collect()
     }
+}
+
+/// The inline entry (`dxr::v6_inline`) of an IPv6 chunk whose two or three ranges are one
+/// prefix of at most 64 bits and what is around it (which has one result), both results in
+/// the palette; None for any other chunk.
+fn v6_inline(starts: &[u128], results: &[u32], chunk_bits: u32, palette: &Palette) -> Option<u64> {
+    let last = starts[0] | ((1u128 << chunk_bits) - 1);
+    // (first address, last address, result) of the prefix; the result around it.
+    let ((lo, hi, inside), outside) = match (starts, results) {
+        (&[_, s1], &[r0, r1]) if (last - s1 + 1).is_power_of_two() => ((s1, last, r1), r0),
+        (&[s0, s1], &[r0, r1]) => ((s0, s1 - 1, r0), r1),
+        (&[_, s1, s2], &[r0, r1, r2]) if r0 == r2 => ((s1, s2 - 1, r1), r0),
+        _ => return None,
+    };
+    let size = hi - lo + 1;
+    // A prefix: a power of two of addresses, aligned; at most 64 bits: at least 2^64 of them.
+    if !size.is_power_of_two() || lo % size != 0 || size.trailing_zeros() < 64 {
+        return None;
+    }
+    let len = 128 - size.trailing_zeros();
+    let (inside, outside) = (palette.slot(inside)?, palette.slot(outside)?);
+    Some(dxr::v6_inline(
+        (lo >> 64) as u64,
+        len as u8,
+        inside,
+        outside,
+    ))
 }
 
 /// The index of an IPv4 table's chunks (`EB_V4_INDEX`, one `Region` per 64 chunks) and the
@@ -1099,6 +1136,82 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn ipv6_chunks_holding_one_prefix_of_at_most_64_bits_are_inline() {
+        use std::net::Ipv6Addr;
+        let net = |s: &str| s.parse::<Ipv6Net>().expect("net");
+        let kind = |packed: &Packed, a: &str| {
+            let a = u128::from(a.parse::<Ipv6Addr>().expect("addr"));
+            let c = packed.direct[(a >> (128 - dxr::V6_DIRECT_BITS)) as usize];
+            match c.kind() {
+                Chunk::LEAF => "leaf",
+                Chunk::INLINE => "inline",
+                _ => "slice",
+            }
+        };
+        // In 2001:1000::/20: a /48 mid-chunk. At the start of 2001:2000::/20: a /32. At the
+        // end of 2001:3000::/20: a /64. In 2001:4000::/20, a /65: too long. In
+        // 2001:5000::/20, two prefixes. Under a covering /16 (result 2 around): a /40.
+        let prefixes: BTreeMap<Ipv6Net, u32> = [
+            (net("2001:1234:5678::/48"), 1),
+            (net("2001:2000::/32"), 1),
+            (net("2001:3fff:ffff:ffff::/64"), 1),
+            (net("2001:4000::/65"), 1),
+            (net("2001:5000::/32"), 1),
+            (net("2001:5001::/32"), 3),
+            (net("2002::/16"), 2),
+            (net("2002:1:200::/40"), 1),
+        ]
+        .into_iter()
+        .collect();
+        let t = Dxr::build_v6(prefixes.iter().map(|(p, r)| (*p, *r)));
+        let packed = t.pack();
+        for (a, want) in [
+            ("2001:1234:5678::1", "inline"),
+            ("2001:2000::1", "inline"),
+            ("2001:3fff:ffff:ffff::1", "inline"),
+            ("2001:4000::1", "slice"),
+            ("2001:5000::1", "slice"),
+            ("2002:1:200::1", "inline"),
+            ("2002:1000::", "leaf"),
+        ] {
+            assert_eq!(kind(&packed, a), want, "{a}");
+        }
+        // Each prefix's edges and middle, against the table it was packed from.
+        for p in prefixes.keys() {
+            let (s, e) = (u128::from(p.network()), u128::from(p.broadcast()));
+            for a in [s, e, s.wrapping_sub(1), e.wrapping_add(1), s + (e - s) / 2] {
+                assert_eq!(
+                    packed.lookup(a, dxr::V6_SEARCH_STEPS),
+                    t.lookup(a),
+                    "{}",
+                    Ipv6Addr::from(a)
+                );
+            }
+        }
+        // A result the palette does not hold keeps its chunk a slice: 0, around the /48.
+        let chunk = 0x20012;
+        let (lo, hi) = (t.direct[chunk] as usize, t.direct[chunk + 1] as usize);
+        let mut one = Packed {
+            chunk_bits: 128 - dxr::V6_DIRECT_BITS,
+            ..Packed::default()
+        };
+        for palette in [vec![1, 0], vec![1]] {
+            one.push_chunk(
+                &t.starts[lo..hi],
+                &t.results[lo..hi],
+                &Palette::new(palette),
+                &mut Vec::new(),
+            );
+        }
+        assert_eq!(one.direct[0].kind(), Chunk::INLINE);
+        assert_eq!(
+            one.direct[1].kind(),
+            Chunk::SLICE,
+            "0 is not in the palette"
+        );
     }
 
     /// A random policy over a few anchors (nesting is common), results from `results`.

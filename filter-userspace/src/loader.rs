@@ -42,13 +42,14 @@ pub const SAMPLER_NAME: &str = "edgeblock_sample";
 
 /// Maps the program declares (the loader pins them). `EB_RULES` and the prefix records are
 /// created by userspace: the program never reads them.
-const PROGRAM_MAPS: [&str; 16] = [
+const PROGRAM_MAPS: [&str; 17] = [
     names::V4_INDEX,
     names::V4_DIRECT,
     names::V4_PALETTE,
     names::V4_RANGES_DST,
     names::V4_RANGES_SRC,
     names::V6_DIRECT,
+    names::V6_PALETTE,
     names::V6_RANGES_DST,
     names::V6_RANGES_SRC,
     names::RESULTS,

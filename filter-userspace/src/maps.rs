@@ -250,7 +250,7 @@ impl Family for V6 {
     const RANGES_DST: &'static str = names::V6_RANGES_DST;
     const RANGES_SRC: &'static str = names::V6_RANGES_SRC;
     const DIRECT: &'static str = names::V6_DIRECT;
-    const PALETTE: Option<&'static str> = None;
+    const PALETTE: Option<&'static str> = Some(names::V6_PALETTE);
     const INDEX: Option<&'static str> = None;
     const RECORD_DST: &'static str = names::V6_RECORD_DST;
     const RECORD_SRC: &'static str = names::V6_RECORD_SRC;
@@ -259,17 +259,22 @@ impl Family for V6 {
     fn encode(table: &crate::dxr::Packed) -> Vec<Range6> {
         table.encode_v6()
     }
-    /// IPv6 chunks span too many addresses to be inline: a leaf or a slice.
+    /// A leaf, a slice, or an inline chunk, whose `Chunk::hi` is its entry (`dxr::v6_inline`).
     fn direct(chunk: &Chunk, base: u64) -> u64 {
-        if chunk.kind() == Chunk::LEAF {
-            filter_common::dxr::leaf(chunk.hi as u32)
-        } else {
-            filter_common::dxr::slice((chunk.hi + base) as u32, (chunk.lo >> 32) as u32)
+        match chunk.kind() {
+            Chunk::LEAF => filter_common::dxr::leaf(chunk.hi as u32),
+            Chunk::INLINE => chunk.hi,
+            _ => filter_common::dxr::slice((chunk.hi + base) as u32, (chunk.lo >> 32) as u32),
         }
     }
     fn undirect(d: &u64, base: u64) -> Chunk {
         if d & filter_common::dxr::LEAF != 0 {
             Chunk::leaf(*d as u32)
+        } else if d & filter_common::dxr::V6_INLINE != 0 {
+            Chunk {
+                lo: Chunk::INLINE,
+                hi: *d,
+            }
         } else {
             Chunk::slice(u64::from(*d as u32).wrapping_sub(base), (d >> 32) as u32)
         }
