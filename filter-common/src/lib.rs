@@ -329,6 +329,50 @@ pub mod dxr {
         ((entry >> at) & (PALETTE as u64 - 1)) as u32
     }
 
+    /// An IPv6 direct entry with this bit set ([`v6_line`]) names a line of `EB_V6_LINES`: the
+    /// chunk's two to [`LINE_RANGES`] ranges, all starting on a /64 boundary (their starts' low
+    /// halves 0), as the high halves of their starts, compared with the address's all at once
+    /// ([`v6_line_slot`]); the entry's low 32 bits hold each range's palette index. A chunk of
+    /// a few /64-or-shorter prefixes is then read in one cache line, not searched.
+    pub const V6_LINE: u64 = 1 << 61;
+    /// Most ranges of a line.
+    pub const LINE_RANGES: usize = 8;
+    /// Lines of each IPv6 table (`EB_V6_LINES` holds `TABLES` times this, 64 bytes each: 16
+    /// MiB). A table with more chunks that could be lines leaves the rest as slices.
+    pub const V6_LINES: u32 = 1 << 16;
+    const _: () = assert!(LINE_RANGES as u32 * PALETTE_BITS <= 32);
+
+    /// The IPv6 direct entry of a chunk read as line `index` of its table, its ranges' palette
+    /// indexes in `slots` (range `i` at bits `4 i`).
+    #[inline(always)]
+    pub const fn v6_line(index: u32, slots: u32) -> u64 {
+        V6_LINE | ((index as u64) << 32) | slots as u64
+    }
+
+    /// The line a line entry names.
+    #[inline(always)]
+    pub const fn v6_line_index(entry: u64) -> u32 {
+        (entry >> 32) as u32 & (V6_LINES - 1)
+    }
+
+    /// The palette index a line entry gives an address whose high half is `hi`: range `i` is
+    /// the one whose start is the last at or below it. `line[0]` holds the number of ranges
+    /// (the first starts at the chunk's start); `line[i]` for `i` from there on holds
+    /// `u64::MAX`, and the entry repeats the last range's index in their slots, so an address
+    /// at the very top of the space still finds the last range.
+    #[inline(always)]
+    pub fn v6_line_slot(entry: u64, line: &[u64; LINE_RANGES], hi: u64) -> u32 {
+        // Three halvings of ranges 0..8 (range 0 needs no comparison: it starts the chunk).
+        const _: () = assert!(LINE_RANGES == 8);
+        let mut i = 0;
+        for step in [4, 2, 1] {
+            if line[(i + step) & (LINE_RANGES - 1)] <= hi {
+                i += step;
+            }
+        }
+        (entry as u32 >> (PALETTE_BITS * i as u32)) & (PALETTE - 1)
+    }
+
     /// The prefix an inline IPv6 entry holds: its high half's bits below the chunk index and
     /// its length.
     #[inline(always)]
@@ -480,6 +524,9 @@ impl Chunk {
     pub const SLICE: u64 = 0;
     pub const LEAF: u64 = 1;
     pub const INLINE: u64 = 2;
+    /// Userspace only, reading maps back: an IPv6 line entry (`dxr::V6_LINE`) in `hi`, whose
+    /// ranges are to be read from its line.
+    pub const LINE: u64 = 3;
     /// Where the palette indexes start in `lo`.
     const SLOTS_AT: u32 = 4;
     /// Where the lanes of the fifth and sixth boundaries start in `lo`.
@@ -601,7 +648,7 @@ pub const MAX_V6_PREFIXES: u32 = 1 << 22;
 /// [`maps::ABI`] when it loads the program, and every later `edgeblock` refuses to work on a
 /// program pinned with another: writing one encoding into maps a program reads as another
 /// would turn blocks into passes without an error.
-pub const ABI: u32 = 6;
+pub const ABI: u32 = 7;
 
 /// Map names, shared so the loader and the program cannot disagree.
 pub mod maps {
@@ -620,6 +667,8 @@ pub mod maps {
     pub const V6_DIRECT: &str = "EB_V6_DIRECT";
     /// Per table (copy * 2 + direction), the results inline IPv6 entries name by index.
     pub const V6_PALETTE: &str = "EB_V6_PALETTE";
+    /// Per table (copy * 2 + direction), `dxr::V6_LINES` lines of `dxr::LINE_RANGES` starts.
+    pub const V6_LINES: &str = "EB_V6_LINES";
     pub const V6_RANGES_DST: &str = "EB_V6_RNG_DST";
     pub const V6_RANGES_SRC: &str = "EB_V6_RNG_SRC";
     /// Per copy, the `RuleEntry` of every rule id: copy * MAX_RULES + rule_id.

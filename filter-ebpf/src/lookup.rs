@@ -8,7 +8,8 @@
 //! lookup reads one cache line of the direct table and the table's small palette, which stays
 //! cached: that keeps spread traffic over a million prefixes at one cache miss a packet.
 //! An IPv6 chunk holding one prefix of at most 64 bits keeps it in its entry, as IPv4 chunks
-//! keep a few ranges.
+//! keep a few ranges, and one of up to eight ranges on /64 boundaries is read as one cache
+//! line of their starts (`EB_V6_LINES`) rather than searched.
 //! A sparse IPv4 table (a short list) is found through an index of 64-chunk regions
 //! (`filter_common::Region`, 256 KiB a table) that stores only the chunks that are not a leaf
 //! with their region's result, packed: its chunks then fill a few pages, not one page per
@@ -49,6 +50,10 @@ static EB_V6_DIRECT: Array<u64> =
 #[map(name = "EB_V6_PALETTE")]
 static EB_V6_PALETTE: Array<u64> =
     Array::with_max_entries(dxr::TABLES * dxr::PALETTE, BPF_F_MMAPABLE);
+/// Per IPv6 table, `dxr::V6_LINES` lines: chunks of a few ranges read in one cache line.
+#[map(name = "EB_V6_LINES")]
+static EB_V6_LINES: Array<[u64; dxr::LINE_RANGES]> =
+    Array::with_max_entries(dxr::TABLES * dxr::V6_LINES, BPF_F_MMAPABLE);
 #[map(name = "EB_V6_RNG_DST")]
 static EB_V6_RNG_DST: Array<Range6> =
     Array::with_max_entries(2 * dxr::DEFAULT_V6_DST_RANGES, BPF_F_MMAPABLE);
@@ -142,7 +147,9 @@ fn v4(act: u32, dir: u8, ranges: &'static Array<u64>, a: u32) -> u32 {
 }
 
 /// The IPv6 counterpart of `v4`: a chunk holding one prefix of at most 64 bits is inline in
-/// its entry (`dxr::V6_INLINE`); slices compare 128-bit starts as two 64-bit halves.
+/// its entry (`dxr::V6_INLINE`), one of a few ranges on /64 boundaries is a line
+/// (`dxr::V6_LINE`), both naming palette entries; slices compare 128-bit starts as two 64-bit
+/// halves.
 #[inline(always)]
 fn v6(copy: u32, dir: u8, ranges: &'static Array<Range6>, &[hi, lo]: &[u64; 2]) -> u32 {
     let table = copy * 2 + u32::from(dir);
@@ -153,18 +160,25 @@ fn v6(copy: u32, dir: u8, ranges: &'static Array<Range6>, &[hi, lo]: &[u64; 2]) 
     if d & dxr::LEAF != 0 {
         return d as u32;
     }
-    if d & dxr::V6_INLINE != 0 {
-        return EB_V6_PALETTE
-            .get(table * dxr::PALETTE + dxr::v6_inline_slot(d, hi))
-            .map_or(0, |&r| r as u32);
-    }
-    in_slice(
-        ranges,
-        (d as u32, (d >> 32) as u32),
-        dxr::V6_SEARCH_STEPS,
-        |r| r.start_hi < hi || (r.start_hi == hi && r.start_lo <= lo),
-        |r| r.value as u32,
-    )
+    let slot = if d & dxr::V6_INLINE != 0 {
+        dxr::v6_inline_slot(d, hi)
+    } else if d & dxr::V6_LINE != 0 {
+        let Some(line) = EB_V6_LINES.get(table * dxr::V6_LINES + dxr::v6_line_index(d)) else {
+            return 0;
+        };
+        dxr::v6_line_slot(d, line, hi)
+    } else {
+        return in_slice(
+            ranges,
+            (d as u32, (d >> 32) as u32),
+            dxr::V6_SEARCH_STEPS,
+            |r| r.start_hi < hi || (r.start_hi == hi && r.start_lo <= lo),
+            |r| r.value as u32,
+        );
+    };
+    EB_V6_PALETTE
+        .get(table * dxr::PALETTE + slot)
+        .map_or(0, |&r| r as u32)
 }
 
 /// `EB_ACTIVE`: the copy in use and which of its tables hold prefixes (`filter_common::active`).

@@ -670,6 +670,62 @@ fn v6_inline(starts: &[u128], results: &[u32], chunk_bits: u32, palette: &Palett
     ))
 }
 
+/// The line (`dxr::v6_line`, `EB_V6_LINES`) of an IPv6 chunk of 2 to `dxr::LINE_RANGES`
+/// ranges that all start on a /64 boundary, each result in `palette`: the line, and the
+/// palette indexes for its entry. None for any other chunk.
+pub fn line(
+    starts: &[u128],
+    results: &[u32],
+    palette: &[u32],
+) -> Option<([u64; dxr::LINE_RANGES], u32)> {
+    if !(2..=dxr::LINE_RANGES).contains(&starts.len()) || starts.iter().any(|&s| s as u64 != 0) {
+        return None;
+    }
+    let mut line = [u64::MAX; dxr::LINE_RANGES];
+    line[0] = starts.len() as u64;
+    let (mut slots, mut slot) = (0, 0);
+    for i in 0..dxr::LINE_RANGES {
+        if let Some(&r) = results.get(i) {
+            slot = palette.iter().position(|&p| p == r)? as u32;
+            if i > 0 {
+                line[i] = (starts[i] >> 64) as u64;
+            }
+        }
+        // Past the last range, its index again (`dxr::v6_line_slot`).
+        slots |= slot << (dxr::PALETTE_BITS * i as u32);
+    }
+    Some((line, slots))
+}
+
+/// The ranges of the line `line` read back, with the chunk's first address and its entry's
+/// palette indexes: `line`'s inverse. None when the line does not hold one.
+pub fn unline(
+    first: u128,
+    line: &[u64; dxr::LINE_RANGES],
+    slots: u32,
+    palette: &[u32],
+) -> Option<(Vec<u128>, Vec<u32>)> {
+    let n = usize::try_from(line[0])
+        .ok()
+        .filter(|n| (2..=dxr::LINE_RANGES).contains(n))?;
+    let starts = (0..n)
+        .map(|i| {
+            if i == 0 {
+                first
+            } else {
+                u128::from(line[i]) << 64
+            }
+        })
+        .collect();
+    let results = (0..n)
+        .map(|i| {
+            let slot = (slots >> (dxr::PALETTE_BITS * i as u32)) & (dxr::PALETTE - 1);
+            palette.get(slot as usize).copied()
+        })
+        .collect::<Option<Vec<u32>>>()?;
+    Some((starts, results))
+}
+
 /// The index of an IPv4 table's chunks (`EB_V4_INDEX`, one `Region` per 64 chunks) and the
 /// chunks it says are stored, in order: every chunk but the leaves with their region's result,
 /// which is the result most of the region's leaves have (ties to the first).
@@ -1212,6 +1268,69 @@ mod tests {
             Chunk::SLICE,
             "0 is not in the palette"
         );
+    }
+
+    #[test]
+    fn ipv6_lines_give_every_address_its_range_and_read_back_whole() {
+        use std::net::Ipv6Addr;
+        let mut seed = 0x6c69_6e65;
+        let mut lines = 0;
+        for round in 0..60 {
+            // A few chunks (the last of the space among them), each with a few prefixes of
+            // 21-64 bits, some nested, some longer than 64 bits (no line then).
+            let chunks = [0x20010_u128, 0x3ffff, 0xfffff, 0x2a001];
+            let mut prefixes: BTreeMap<Ipv6Net, u32> = BTreeMap::new();
+            for _ in 0..(1 + next(&mut seed) % 6) {
+                let chunk = chunks[(next(&mut seed) % 4) as usize];
+                let len = if round % 5 == 0 && next(&mut seed).is_multiple_of(4) {
+                    65 + (next(&mut seed) % 64) as u8
+                } else {
+                    21 + (next(&mut seed) % 44) as u8
+                };
+                let low = (u128::from(next(&mut seed)) << 64 | u128::from(next(&mut seed))) >> 20;
+                let p = Ipv6Net::new(Ipv6Addr::from(chunk << 108 | low), len)
+                    .expect("len")
+                    .trunc();
+                prefixes.insert(p, 1 + (next(&mut seed) % 3) as u32);
+            }
+            let t = Dxr::build_v6(prefixes.iter().map(|(p, r)| (*p, *r)));
+            let packed = t.pack();
+            for &chunk in &chunks {
+                let c = packed.direct[chunk as usize];
+                if c.kind() != Chunk::SLICE {
+                    continue;
+                }
+                let range = c.hi as usize..c.hi as usize + (c.lo >> 32) as usize;
+                let (starts, results) = (&packed.starts[range.clone()], &packed.results[range]);
+                let Some((line, slots)) = line(starts, results, &packed.palette) else {
+                    let long = starts.iter().any(|&s| s as u64 != 0);
+                    assert!(long || starts.len() > dxr::LINE_RANGES, "{starts:x?}");
+                    continue;
+                };
+                lines += 1;
+                let first = chunk << 108;
+                assert_eq!(
+                    unline(first, &line, slots, &packed.palette),
+                    Some((starts.to_vec(), results.to_vec()))
+                );
+                let entry = dxr::v6_line(7, slots);
+                let last = first | ((1u128 << 108) - 1);
+                let mut probes = vec![first, last];
+                for &s in starts {
+                    probes.extend([s, s.saturating_sub(1).max(first), s | ((1 << 64) - 1)]);
+                }
+                for a in probes {
+                    let slot = dxr::v6_line_slot(entry, &line, (a >> 64) as u64);
+                    assert_eq!(
+                        packed.palette[slot as usize],
+                        t.lookup(a),
+                        "{}",
+                        Ipv6Addr::from(a)
+                    );
+                }
+            }
+        }
+        assert!(lines > 20, "only {lines} chunks were lines");
     }
 
     /// A random policy over a few anchors (nesting is common), results from `results`.

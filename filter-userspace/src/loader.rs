@@ -42,7 +42,7 @@ pub const SAMPLER_NAME: &str = "edgeblock_sample";
 
 /// Maps the program declares (the loader pins them). `EB_RULES` and the prefix records are
 /// created by userspace: the program never reads them.
-const PROGRAM_MAPS: [&str; 17] = [
+const PROGRAM_MAPS: [&str; 18] = [
     names::V4_INDEX,
     names::V4_DIRECT,
     names::V4_PALETTE,
@@ -50,6 +50,7 @@ const PROGRAM_MAPS: [&str; 17] = [
     names::V4_RANGES_SRC,
     names::V6_DIRECT,
     names::V6_PALETTE,
+    names::V6_LINES,
     names::V6_RANGES_DST,
     names::V6_RANGES_SRC,
     names::RESULTS,

@@ -164,6 +164,9 @@ pub trait Family {
     const PALETTE: Option<&'static str>;
     /// The index map of a family whose direct tables store only some chunks (`dxr::index`).
     const INDEX: Option<&'static str>;
+    /// The line map of a family whose chunks of a few ranges may be read as one line
+    /// (`dxr::line`).
+    const LINES: Option<&'static str>;
     const RECORD_DST: &'static str;
     const RECORD_SRC: &'static str;
     /// Entries of one direct table.
@@ -197,6 +200,7 @@ impl Family for V4 {
     const DIRECT: &'static str = names::V4_DIRECT;
     const PALETTE: Option<&'static str> = Some(names::V4_PALETTE);
     const INDEX: Option<&'static str> = Some(names::V4_INDEX);
+    const LINES: Option<&'static str> = None;
     const RECORD_DST: &'static str = names::V4_RECORD_DST;
     const RECORD_SRC: &'static str = names::V4_RECORD_SRC;
     const CHUNKS: usize = filter_common::dxr::V4_CHUNKS as usize;
@@ -252,6 +256,7 @@ impl Family for V6 {
     const DIRECT: &'static str = names::V6_DIRECT;
     const PALETTE: Option<&'static str> = Some(names::V6_PALETTE);
     const INDEX: Option<&'static str> = None;
+    const LINES: Option<&'static str> = Some(names::V6_LINES);
     const RECORD_DST: &'static str = names::V6_RECORD_DST;
     const RECORD_SRC: &'static str = names::V6_RECORD_SRC;
     const CHUNKS: usize = filter_common::dxr::V6_CHUNKS as usize;
@@ -259,11 +264,12 @@ impl Family for V6 {
     fn encode(table: &crate::dxr::Packed) -> Vec<Range6> {
         table.encode_v6()
     }
-    /// A leaf, a slice, or an inline chunk, whose `Chunk::hi` is its entry (`dxr::v6_inline`).
+    /// A leaf, a slice, or an inline chunk or line, whose `Chunk::hi` is its entry
+    /// (`dxr::v6_inline`, `dxr::v6_line`).
     fn direct(chunk: &Chunk, base: u64) -> u64 {
         match chunk.kind() {
             Chunk::LEAF => filter_common::dxr::leaf(chunk.hi as u32),
-            Chunk::INLINE => chunk.hi,
+            Chunk::INLINE | Chunk::LINE => chunk.hi,
             _ => filter_common::dxr::slice((chunk.hi + base) as u32, (chunk.lo >> 32) as u32),
         }
     }
@@ -273,6 +279,11 @@ impl Family for V6 {
         } else if d & filter_common::dxr::V6_INLINE != 0 {
             Chunk {
                 lo: Chunk::INLINE,
+                hi: *d,
+            }
+        } else if d & filter_common::dxr::V6_LINE != 0 {
+            Chunk {
+                lo: Chunk::LINE,
                 hi: *d,
             }
         } else {
@@ -312,6 +323,8 @@ pub struct Ranges<F: Family> {
     /// u64 values: an mmapable array's elements are 8 bytes apart.
     pub palette: Option<MmapArray<u64>>,
     pub index: Option<MmapArray<Region>>,
+    /// `dxr::V6_LINES` lines per table, for a family that has them.
+    pub lines: Option<MmapArray<[u64; filter_common::dxr::LINE_RANGES]>>,
     /// `write` indexes a table when at most this many of its chunks are stored
     /// (`dxr::INDEXED_MAX`; 0: never). Changing it changes only how later writes lay tables
     /// out, never what they match: the tests apply policies both ways.
@@ -330,6 +343,9 @@ impl<F: Family> Ranges<F> {
                 .map(|name| MmapArray::open(pins, name))
                 .transpose()?,
             index: F::INDEX
+                .map(|name| MmapArray::open(pins, name))
+                .transpose()?,
+            lines: F::LINES
                 .map(|name| MmapArray::open(pins, name))
                 .transpose()?,
             index_max: filter_common::dxr::INDEXED_MAX as usize,
@@ -448,8 +464,54 @@ impl<F: Family> Ranges<F> {
             }
             _ => {
                 put(&table.direct);
+                if let Some(lines) = &mut self.lines {
+                    Self::lines(table, slots, lines, table_index, base as u64);
+                }
                 false
             }
+        }
+    }
+
+    /// Turn the slices of `table` that can be lines (`dxr::line`) into lines, in address order
+    /// while the table's `dxr::V6_LINES` last: their entries in `slots` (the table's direct
+    /// entries as `write` put them) and their lines in the table's part of `lines`. Their
+    /// ranges stay where `write` put them, unread.
+    fn lines(
+        table: &crate::dxr::Packed,
+        slots: &mut [F::Direct],
+        lines: &mut MmapArray<[u64; filter_common::dxr::LINE_RANGES]>,
+        table_index: usize,
+        base: u64,
+    ) {
+        let per = filter_common::dxr::V6_LINES as usize;
+        let lines = &mut lines.as_mut_slice()[table_index * per..][..per];
+        let mut n = 0;
+        for (slot, chunk) in slots.iter_mut().zip(&table.direct) {
+            if n == per {
+                break;
+            }
+            if chunk.kind() != Chunk::SLICE {
+                continue;
+            }
+            let (first, count) = (chunk.hi as usize, (chunk.lo >> 32) as usize);
+            let range = first..first + count;
+            let Some((line, indexes)) = crate::dxr::line(
+                &table.starts[range.clone()],
+                &table.results[range],
+                &table.palette,
+            ) else {
+                continue;
+            };
+            lines[n] = line;
+            let entry = filter_common::dxr::v6_line(n as u32, indexes);
+            *slot = F::direct(
+                &Chunk {
+                    lo: Chunk::LINE,
+                    hi: entry,
+                },
+                base,
+            );
+            n += 1;
         }
     }
 
@@ -475,9 +537,33 @@ impl<F: Family> Ranges<F> {
             }
             _ => slots.iter().map(|d| F::undirect(d, base)).collect(),
         };
+        // The palette's results, then zeros: a second zero is a slot never filled.
+        let mut palette: Vec<u32> = Vec::new();
+        if let Some(slots) = &self.palette {
+            let width = filter_common::dxr::PALETTE as usize;
+            for &r in &slots.as_slice()[table_index * width..][..width] {
+                if palette.contains(&(r as u32)) {
+                    break;
+                }
+                palette.push(r as u32);
+            }
+        }
+        let chunk_bits =
+            <F::Net as crate::dxr::Span>::BITS - <F::Net as crate::dxr::Span>::DIRECT_BITS;
         let (mut starts, mut results) = (Vec::new(), Vec::new());
         let mut direct = Vec::with_capacity(F::CHUNKS);
-        for chunk in chunks {
+        for (c, chunk) in chunks.into_iter().enumerate() {
+            if chunk.kind() == Chunk::LINE {
+                let per = filter_common::dxr::V6_LINES as usize;
+                let at = table_index * per + filter_common::dxr::v6_line_index(chunk.hi) as usize;
+                let line = self.lines.as_ref()?.as_slice().get(at)?;
+                let first = (c as u128) << chunk_bits;
+                let (s, r) = crate::dxr::unline(first, line, chunk.hi as u32, &palette)?;
+                direct.push(Chunk::slice(starts.len() as u64, s.len() as u32));
+                starts.extend(s);
+                results.extend(r);
+                continue;
+            }
             if chunk.kind() != Chunk::SLICE {
                 direct.push(chunk);
                 continue;
@@ -491,23 +577,8 @@ impl<F: Family> Ranges<F> {
                 results.push(result);
             }
         }
-        // The palette's results, then zeros: a second zero is a slot never filled.
-        let mut palette: Vec<u32> = Vec::new();
-        if let Some(slots) = &self.palette {
-            let width = filter_common::dxr::PALETTE as usize;
-            for &r in &slots.as_slice()[table_index * width..][..width] {
-                if palette.contains(&(r as u32)) {
-                    break;
-                }
-                palette.push(r as u32);
-            }
-        }
         Some(crate::dxr::Packed::from_parts(
-            <F::Net as crate::dxr::Span>::BITS - <F::Net as crate::dxr::Span>::DIRECT_BITS,
-            direct,
-            palette,
-            starts,
-            results,
+            chunk_bits, direct, palette, starts, results,
         ))
     }
 
@@ -524,6 +595,9 @@ impl<F: Family> Ranges<F> {
         }
         if let Some(index) = &self.index {
             all.push((index.name, index.memlock()?));
+        }
+        if let Some(lines) = &self.lines {
+            all.push((lines.name, lines.memlock()?));
         }
         Ok(all)
     }
