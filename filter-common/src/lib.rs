@@ -373,16 +373,6 @@ pub mod dxr {
         (entry as u32 >> (PALETTE_BITS * i as u32)) & (PALETTE - 1)
     }
 
-    /// The prefix an inline IPv6 entry holds: its high half's bits below the chunk index and
-    /// its length.
-    #[inline(always)]
-    pub const fn v6_inline_prefix(entry: u64) -> (u64, u8) {
-        (
-            entry & V6_NET_MASK,
-            (((entry >> V6_LEN_AT) & 63) + V6_DIRECT_BITS as u64) as u8,
-        )
-    }
-
     /// An IPv6 direct entry for a chunk with one result.
     #[inline(always)]
     pub const fn leaf(result: u32) -> u64 {

@@ -233,12 +233,13 @@ fn blur(off: usize, unknown: usize) -> usize {
 pub const WHOLE_BELOW: usize = 2048;
 
 /// The frame's length, every buffer of a multi-buffer frame included, as far as it can be
-/// known before the headers are read. `bpf_xdp_get_buff_len` is a helper call, 5-7 ns a
+/// known before the headers are read. `bpf_xdp_get_buff_len` is a helper call, 4-9 ns a
 /// packet on the AMD EPYC guest of docs/performance.md (a fifth of a bare `XDP_DROP`), so a
 /// frame shorter than `WHOLE_BELOW` (every frame of a flood) is measured by its linear part.
 /// Should a first buffer that short have more behind it, the IP header says so, and `fits`
 /// measures the whole frame; frames that are not IP, or are malformed, are counted by
-/// `whole_len` (rare paths).
+/// `whole_len` (rare paths). Only bytes behind a complete datagram, in a later buffer of such
+/// a frame, would go uncounted.
 #[inline(always)]
 pub fn frame_len(ctx: &XdpContext) -> usize {
     let linear = ctx.data_end() - ctx.data();
