@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use filter_common::{Config, TokenBucket};
 
-use crate::parse::{Addrs, L4_NONE, Packet, ptr_at};
+use crate::parse::{Addrs, L4_NONE, Packet, bytes6, ptr_at};
 
 /// Why no answer was sent; the caller drops the packet and counts it.
 pub struct Unanswered;
@@ -97,6 +97,7 @@ pub fn answerable(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unanswered> {
             }
         }
         Addrs::V6 { src, dst } => {
+            let (src, dst) = (bytes6(src), bytes6(dst));
             let unspecified_or_loopback = src[..15].iter().all(|b| *b == 0) && src[15] <= 1;
             // A multicast destination (RFC 4443 2.4 (e)) or the unspecified one: no answer.
             let dst_unspecified = dst.iter().all(|b| *b == 0);
@@ -143,9 +144,11 @@ pub fn build(ctx: &XdpContext, pkt: &Packet) -> Result<(), Unanswered> {
     }
     match (&pkt.addrs, pkt.l4_proto) {
         (Addrs::V4 { src, dst }, IPPROTO_TCP) => tcp_reset(ctx, pkt, Ip::V4(*src, *dst)),
-        (Addrs::V6 { src, dst }, IPPROTO_TCP) => tcp_reset(ctx, pkt, Ip::V6(*src, *dst)),
+        (Addrs::V6 { src, dst }, IPPROTO_TCP) => {
+            tcp_reset(ctx, pkt, Ip::V6(bytes6(src), bytes6(dst)))
+        }
         (Addrs::V4 { src, dst }, _) => icmp4(ctx, pkt, *src, *dst),
-        (Addrs::V6 { src, dst }, _) => icmp6(ctx, pkt, src, dst),
+        (Addrs::V6 { src, dst }, _) => icmp6(ctx, pkt, &bytes6(src), &bytes6(dst)),
     }
 }
 
