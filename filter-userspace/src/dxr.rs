@@ -686,7 +686,8 @@ pub fn line(
     let (mut slots, mut slot) = (0, 0);
     for i in 0..dxr::LINE_RANGES {
         if let Some(&r) = results.get(i) {
-            slot = palette.iter().position(|&p| p == r)? as u32;
+            let at = palette.iter().position(|&p| p == r)?;
+            slot = u32::try_from(at).ok().filter(|&i| i < dxr::PALETTE)?;
             if i > 0 {
                 line[i] = (starts[i] >> 64) as u64;
             }
