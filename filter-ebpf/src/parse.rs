@@ -235,9 +235,12 @@ fn blur(off: usize, unknown: usize) -> usize {
     core::hint::black_box(off ^ m) ^ m
 }
 
-/// A frame whose linear part is shorter than this is whole, not the first buffer of several:
-/// drivers start a frame's second buffer only once the first is full, and their buffers hold
-/// at least 2 KiB (a page less head- and tailroom in veth, generic XDP, i40e, ice, mlx5, bnxt).
+/// A frame whose linear part is shorter than this is taken to be whole, not the first buffer
+/// of several: a driver that splits a frame fills its first buffer (for veth and generic XDP,
+/// a page less head- and tailroom) before starting the next. No verdict rests on that: an IP
+/// datagram longer than the first buffer is measured whole (`fits`), and frames that are not
+/// IP or are malformed are measured whole anyway; only bytes behind a complete datagram in a
+/// later buffer would go uncounted if a driver did otherwise.
 pub const WHOLE_BELOW: usize = 2048;
 
 /// The frame's length, every buffer of a multi-buffer frame included, as far as it can be

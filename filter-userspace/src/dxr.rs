@@ -919,11 +919,7 @@ mod tests {
             let a = u32::from(a.parse::<Ipv4Addr>().expect("addr"));
             packed.direct[(a >> V4_CHUNK_BITS) as usize]
         };
-        let kind = |a: &str| match entry(a).kind() {
-            Chunk::LEAF => "leaf",
-            Chunk::INLINE => "inline",
-            _ => "slice",
-        };
+        let kind = |a: &str| kind_name(entry(a));
         for a in ["10.0.1.1", "10.0.31.1", "172.16.4.4", "192.0.2.1"] {
             assert_eq!(kind(a), "inline", "{a}");
         }
@@ -1201,12 +1197,7 @@ mod tests {
         let net = |s: &str| s.parse::<Ipv6Net>().expect("net");
         let kind = |packed: &Packed, a: &str| {
             let a = u128::from(a.parse::<Ipv6Addr>().expect("addr"));
-            let c = packed.direct[(a >> (128 - dxr::V6_DIRECT_BITS)) as usize];
-            match c.kind() {
-                Chunk::LEAF => "leaf",
-                Chunk::INLINE => "inline",
-                _ => "slice",
-            }
+            kind_name(packed.direct[(a >> (128 - dxr::V6_DIRECT_BITS)) as usize])
         };
         // In 2001:1000::/20: a /48 mid-chunk. At the start of 2001:2000::/20: a /32. At the
         // end of 2001:3000::/20: a /64. In 2001:4000::/20, a /65: too long. In
@@ -1332,6 +1323,15 @@ mod tests {
             }
         }
         assert!(lines > 20, "only {lines} chunks were lines");
+    }
+
+    /// How a packed chunk is stored, for assertions.
+    fn kind_name(c: Chunk) -> &'static str {
+        match c.kind() {
+            Chunk::LEAF => "leaf",
+            Chunk::INLINE => "inline",
+            _ => "slice",
+        }
     }
 
     /// A random policy over a few anchors (nesting is common), results from `results`.
