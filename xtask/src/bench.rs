@@ -195,6 +195,7 @@ mod imp {
                         small: 1_000,
                         secs: 0.2,
                         runs: 3,
+                        rounds: 3,
                         seed: args.seed,
                     },
                 }
@@ -213,6 +214,7 @@ mod imp {
                         small: 10_000,
                         secs: 2.0,
                         runs: 3,
+                        rounds: 7,
                         seed: args.seed,
                     },
                 }

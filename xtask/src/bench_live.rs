@@ -41,6 +41,8 @@ pub struct Config {
     pub secs: f64,
     /// Measured calls per row.
     pub runs: usize,
+    /// Rounds of edgeblock and xdp-filter measured in turns (one call per shape each).
+    pub rounds: usize,
     pub seed: u64,
 }
 
@@ -408,7 +410,31 @@ impl<'a> Lab<'a> {
 
     /// Attach `prog_name` from a fresh copy of the bench object natively to the receiving veth.
     fn attach_bench_prog(&mut self, prog_name: &str) -> Result<Ebpf> {
-        let mut obj = Ebpf::load(FLOOR_OBJECT).context("loading the bench object")?;
+        let obj = Ebpf::load(FLOOR_OBJECT).context("loading the bench object")?;
+        self.attach_loaded(obj, prog_name)
+    }
+
+    /// Attach `xdp_reads` with a second level of `lines` cache lines (none: the destination
+    /// read alone).
+    fn attach_reads(&mut self, lines: u32) -> Result<Ebpf> {
+        let words = if lines == 0 {
+            1
+        } else {
+            READS_TOP + lines * LINE_WORDS
+        };
+        let mut obj = EbpfLoader::new()
+            .map_max_entries("READS", words)
+            .load(FLOOR_OBJECT)
+            .context("loading the bench object")?;
+        let mut mask: Array<_, u32> = obj
+            .map_mut("READS_MASK")
+            .context("no READS_MASK in the bench object")?
+            .try_into()?;
+        mask.set(0, lines.saturating_sub(1), 0)?;
+        self.attach_loaded(obj, "xdp_reads")
+    }
+
+    fn attach_loaded(&mut self, mut obj: Ebpf, prog_name: &str) -> Result<Ebpf> {
         let prog: &mut Xdp = obj
             .program_mut(prog_name)
             .with_context(|| format!("no {prog_name} in the bench object"))?
@@ -624,7 +650,7 @@ fn add_drops(sum: &mut Option<(u64, u64)>, before: Option<(u64, u64)>, after: Op
     }
 }
 
-/// edgeblock and xdp-filter on the small list, measured in turns: `cfg.runs` rounds, each one
+/// edgeblock and xdp-filter on the small list, measured in turns: `cfg.rounds` rounds, each one
 /// call per shape of either filter, the one that goes first swapped every round. The machine's
 /// speed drifts by 2x within a minute (the sender's own rate with it), so two filters measured
 /// in blocks a minute apart compare two moments as much as two filters; run i of each row
@@ -670,7 +696,7 @@ impl Turns<'_> {
             }
         }
         let mut drops = None;
-        for round in 0..cfg.runs {
+        for round in 0..cfg.rounds {
             for edgeblock in [round % 2 == 0, round % 2 == 1] {
                 if edgeblock {
                     if eb_rows.iter().all(|r| r.error.is_some()) {
@@ -770,6 +796,61 @@ fn floor_rows(lab: &mut Lab<'_>, cfg: &Config, n: usize, dsts: usize, rows: &mut
     }
 }
 
+/// Second-level sizes `xdp_reads` is measured with, in MiB; 0 reads the destination alone.
+pub const READ_MIB: [u32; 6] = [0, 1, 2, 4, 8, 16];
+/// `xdp_reads`' first level, in words, and the words of a cache line (as in the program).
+const READS_TOP: u32 = 1 << 16;
+const LINE_WORDS: u32 = 8;
+
+/// The row name of `xdp_reads` with a second level of `mib` MiB.
+pub fn reads_filter(mib: u32) -> String {
+    if mib == 0 {
+        "destination read".into()
+    } else {
+        format!("reads of {mib} MiB")
+    }
+}
+
+/// What the spread shape costs a program that does nothing but read a table of each size at
+/// random (`xdp_reads`): the least any lookup structure of that size can cost it here. The
+/// machine's caches, not a layout, decide these rows; they say how small a structure must be
+/// for a goal on spread traffic to be within reach.
+fn read_bounds(lab: &mut Lab<'_>, cfg: &Config, n: usize, dsts: usize, rows: &mut Vec<LiveRow>) {
+    for mib in READ_MIB {
+        let filter = reads_filter(mib);
+        let subject = Subject {
+            filter: &filter,
+            entries: n,
+            list: n,
+            dsts,
+            note: Some(if mib == 0 {
+                "reads the destination address and drops, no table".into()
+            } else {
+                format!(
+                    "reads the destination, a 512 KiB first level and one cache line of a {mib} \
+                     MiB second level at random, and drops"
+                )
+            }),
+        };
+        let mut new: Vec<LiveRow> = shape_rows(lab, &subject)
+            .into_iter()
+            .filter(|r| r.shape == "spread")
+            .collect();
+        match lab.attach_reads((mib << 20) / (LINE_WORDS * 8)) {
+            Ok(obj) => {
+                measure_into(lab, cfg, &subject, &xdp_drops, &mut new);
+                drop(obj);
+            }
+            Err(e) => {
+                for r in &mut new {
+                    r.error = Some(format!("{e:#}"));
+                }
+            }
+        }
+        rows.extend(new);
+    }
+}
+
 /// The whole live section. The floor is measured before and after every filter, and each
 /// filter's rate is compared with the floor measured around it: the machine's speed drifts
 /// (other work, the hypervisor), and a ratio between neighbours drifts far less than either.
@@ -826,6 +907,10 @@ pub fn run(cfg: &Config, bpffs: &Bpffs, cli: Cli<'_>, v4: &[V4], v6: &[V6]) -> R
             }
         }
         floor_rows(&mut lab, cfg, n, dsts.len(), &mut rows);
+        if n == big.len() {
+            read_bounds(&mut lab, cfg, n, dsts.len(), &mut rows);
+            floor_rows(&mut lab, cfg, n, dsts.len(), &mut rows);
+        }
 
         // nftables: netdev ingress on the receiving veth, with an XDP_PASS program in front
         // so that the veth takes the generator's frames at once. The rate is what the XDP

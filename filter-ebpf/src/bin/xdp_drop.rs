@@ -8,6 +8,12 @@
 //! - `xdp_gen`: the traffic generator for the live drop-rate test, run by BPF_PROG_TEST_RUN
 //!   with BPF_F_TEST_XDP_LIVE_FRAMES (the way xdp-trafficgen works): it gives each frame the
 //!   next destination address from `GEN_DSTS` and sends it out with XDP_TX.
+//! - `xdp_reads`: what reading a table of a given size costs spread traffic at the least. It
+//!   reads the IPv4 destination, then (unless `READS_LINES` is 0) a first level of 2^16
+//!   words indexed by its top 16 bits, then one cache line of a second level of
+//!   `READS_LINES` lines picked by a hash of the destination and the word read before (a
+//!   dependent read, as a lookup's second level is), and drops. Any lookup structure that
+//!   spread traffic reads at random over that many bytes pays at least this much.
 #![no_std]
 #![no_main]
 
@@ -88,6 +94,48 @@ fn try_gen(ctx: &XdpContext) -> Option<()> {
     let csum = !(sum as u16);
     hdr[IP_CSUM - IP..IP_CSUM - IP + 2].copy_from_slice(&csum.to_be_bytes());
     Some(())
+}
+
+/// `xdp_reads`' tables: the first level (`READS_TOP` words), then the second level, one word
+/// read per cache line. The loader sizes it to the second level it measures.
+#[map(name = "READS")]
+static READS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Entry 0: the second level's size in cache lines minus one, a power of two minus one; 0
+/// reads the destination and no table.
+#[map(name = "READS_MASK")]
+static READS_MASK: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Words in `xdp_reads`' first level: one per /16, 512 KiB.
+const READS_TOP: u32 = 1 << 16;
+/// Words per cache line.
+const LINE_WORDS: u32 = 8;
+
+#[xdp]
+pub fn xdp_reads(ctx: XdpContext) -> u32 {
+    try_reads(&ctx).unwrap_or(XDP_ABORTED)
+}
+
+#[inline(always)]
+fn try_reads(ctx: &XdpContext) -> Option<u32> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + IP_DST + 4 > end {
+        return None;
+    }
+    // SAFETY: checked above that the destination address lies inside the frame.
+    let dst = u32::from_be(unsafe { ((start + IP_DST) as *const u32).read_unaligned() });
+    let mask = *READS_MASK.get(0)?;
+    if mask == 0 {
+        return Some(XDP_DROP);
+    }
+    let top = *READS.get(dst >> 16)?;
+    // Fibonacci hashing spreads the destinations (one inside each listed prefix) over the
+    // lines; the word read before goes into the index so that the CPU cannot start this read
+    // before that one has finished (it is always 0, the map is never written).
+    let line = (dst.wrapping_mul(0x9e37_79b1) ^ top as u32) & mask;
+    let word = *READS.get(READS_TOP + line * LINE_WORDS)?;
+    // Never true: keeps the read.
+    Some(if word == u64::MAX { XDP_PASS } else { XDP_DROP })
 }
 
 #[panic_handler]
