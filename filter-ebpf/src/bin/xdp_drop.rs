@@ -9,11 +9,11 @@
 //!   with BPF_F_TEST_XDP_LIVE_FRAMES (the way xdp-trafficgen works): it gives each frame the
 //!   next destination address from `GEN_DSTS` and sends it out with XDP_TX.
 //! - `xdp_reads`: what reading a table of a given size costs spread traffic at the least. It
-//!   reads the IPv4 destination, then (unless `READS_LINES` is 0) a first level of 2^16
-//!   words indexed by its top 16 bits, then one cache line of a second level of
-//!   `READS_LINES` lines picked by a hash of the destination and the word read before (a
-//!   dependent read, as a lookup's second level is), and drops. Any lookup structure that
-//!   spread traffic reads at random over that many bytes pays at least this much.
+//!   reads the IPv4 destination, then (unless `READS_MASK` is 0) a word of a first level of
+//!   2^16 words indexed by its top 16 bits, then one cache line of a second level of
+//!   `READS_MASK` + 1 lines picked by a hash of the destination and the word read before (a
+//!   dependent read, as a lookup's second level is), and drops. A lookup structure of that
+//!   many bytes, read at random by spread traffic, costs at least this much.
 #![no_std]
 #![no_main]
 
